@@ -9,6 +9,7 @@ import http.client
 import json
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections import deque
@@ -353,11 +354,19 @@ class GoogleCalendarProvider(CalendarProvider):
                     self._raise_for_token_error(user, exc)
                     if attempt >= self.settings.max_attempts:
                         raise _UserFailed(f"no token for {user}: {_first_line(exc)}") from None
+                except ssl.SSLCertVerificationError as exc:
+                    raise self._untrusted(self.settings.token_uri, exc) from None
                 except _TRANSPORT_ERRORS as exc:
                     if attempt >= self.settings.max_attempts:
                         raise _UserFailed(f"token endpoint unreachable: {exc}") from None
                 time.sleep(self.backoff.delay(attempt))
         return google_auth_httplib2.AuthorizedHttp(creds, http=self._http())
+
+    def _untrusted(self, url: str, exc: Exception) -> FatalProviderError:
+        return FatalProviderError(
+            f"target {self.target_name}: the TLS certificate of {url} is not trusted ({exc}); "
+            "if a proxy or private CA signs it, set ca_bundle to that CA's PEM file"
+        )
 
     def _raise_for_token_error(self, user: str, exc: auth_exceptions.RefreshError) -> None:
         data = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
@@ -516,6 +525,8 @@ class GoogleCalendarProvider(CalendarProvider):
         except auth_exceptions.RefreshError as exc:
             self._raise_for_token_error(user, exc)
             return [_Verdict(retry=True, error=_first_line(exc))] * len(batch)
+        except ssl.SSLCertVerificationError as exc:
+            raise self._untrusted(self.batch_uri, exc) from None
         except _TRANSPORT_ERRORS as exc:
             # Lost or refused: every part is retried; ids make a landed create a 409 next time.
             return [_retry(f"transport error: {exc!r}")] * len(batch)
@@ -717,6 +728,8 @@ class GoogleCalendarProvider(CalendarProvider):
                 if attempt >= self.settings.max_attempts:
                     raise
                 time.sleep(max(verdict.pause, self.backoff.delay(attempt, verdict.advised)))
+            except ssl.SSLCertVerificationError as exc:
+                raise self._untrusted(self.settings.api_base_url, exc) from None
             except _TRANSPORT_ERRORS:
                 if attempt >= self.settings.max_attempts:
                     raise

@@ -35,6 +35,7 @@ SCOPE_EVENTS = "https://www.googleapis.com/auth/calendar.events"
 SCOPE_READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 WRITE_SCOPES = {SCOPE_CALENDAR, SCOPE_EVENTS}
 READ_SCOPES = WRITE_SCOPES | {SCOPE_READONLY, SCOPE_EVENTS + ".readonly"}
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 MAX_BATCH = 50
 _EVENT_ID = re.compile(r"^[a-v0-9]{5,1024}$")
 # Faults an injected failure can be: an error status, a dropped connection before or after
@@ -149,7 +150,9 @@ class GoogleCalendarEmulator:
             context.load_cert_chain(*tls)
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
             self.scheme = "https"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -224,7 +227,8 @@ class GoogleCalendarEmulator:
                 form.get("assertion", ""),
                 self.public_key,
                 algorithms=["RS256"],
-                audience=self.token_uri,
+                # google-auth always names Google's token endpoint as the audience.
+                audience=[GOOGLE_TOKEN_URI, self.token_uri],
                 options={"require": ["iss", "aud", "exp", "iat"]},
             )
         except jwt.InvalidSignatureError:
@@ -486,7 +490,7 @@ class GoogleCalendarEmulator:
             if reply.body is not None:
                 lines.append("Content-Type: application/json; charset=UTF-8")
             lines.extend(f"{k}: {v}" for k, v in reply.headers.items())
-            lines.extend(["", payload])
+            lines.extend([f"Content-Length: {len(payload.encode())}", "", payload])
             out.append("\r\n".join(lines))
         raw = ("\r\n".join(out) + f"\r\n--{boundary}--\r\n").encode("utf-8")
         return _Reply(200, None, {"Content-Type": f"multipart/mixed; boundary={boundary}"}), raw
