@@ -298,6 +298,11 @@ class GraphEmulator:
         with self.lock:
             return self._create(self.mailbox(address), body, {})["id"]
 
+    def expire_tokens(self) -> None:
+        """Every access token issued so far stops working (expiry, revocation)."""
+        with self.lock:
+            self.tokens.clear()
+
     def fault(self, kind: str, **kwargs: Any) -> Fault:
         """Script a fault for the next matching request(s)."""
         assert kind in FAULT_KINDS + ("500",), kind
@@ -327,7 +332,7 @@ class GraphEmulator:
             return status, {
                 "error": error,
                 "error_description": f"{aadsts} Trace ID: {uuid.uuid4()}",
-                "error_codes": [int(aadsts[6:13])],
+                "error_codes": [int(re.match(r"AADSTS(\d+)", aadsts).group(1))],
                 "timestamp": _now_iso(),
             }
 
@@ -343,7 +348,8 @@ class GraphEmulator:
                 f"AADSTS7000016: Application with identifier '{form.get('client_id')}' was "
                 "not found in the directory.",
             )
-        if form.get("scope") != GRAPH_SCOPE:
+        # The emulator is the Graph resource at its own URL, as a sovereign cloud would be.
+        if form.get("scope") not in (GRAPH_SCOPE, f"{self.base_url}/.default"):
             return oauth_error(
                 400, "invalid_scope", "AADSTS1002012: The provided scope is invalid."
             )
@@ -392,7 +398,12 @@ class GraphEmulator:
         header = jwt.get_unverified_header(assertion)
         sha1 = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA1())).rstrip(b"=").decode()
         sha256 = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA256())).rstrip(b"=").decode()
-        if header.get("x5t") != sha1 and header.get("x5t#S256") != sha256:
+        # base64url thumbprints, with or without padding
+        given = {
+            str(header.get("x5t", "")).rstrip("="),
+            str(header.get("x5t#S256", "")).rstrip("="),
+        }
+        if sha1 not in given and sha256 not in given:
             return False
         try:
             claims = jwt.decode(
@@ -958,6 +969,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        except Exception as err:  # an emulator bug must show as a 500, not a hang
+            self._send(500, {}, GraphError(500, "EmulatorError", repr(err)).body())
 
     def _send(self, status: int, headers: dict[str, str], body: Any) -> None:
         data = b"" if body is None else json.dumps(body).encode()
