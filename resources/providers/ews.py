@@ -29,7 +29,7 @@ from exchangelib import errors as ews_errors
 from exchangelib.ewsdatetime import UTC, EWSDate, EWSDateTime, EWSTimeZone
 from exchangelib.fields import FieldPath
 from exchangelib.folders import Calendar, Root
-from exchangelib.items import ID_ONLY, SEND_TO_NONE
+from exchangelib.items import ID_ONLY, SAVE_ONLY, SEND_TO_NONE
 from exchangelib.properties import (
     ENTRY_ID,
     EWS_ID,
@@ -40,7 +40,7 @@ from exchangelib.properties import (
 )
 from exchangelib.protocol import BaseProtocol, Protocol
 from exchangelib.restriction import Restriction
-from exchangelib.services import ConvertId, FindItem
+from exchangelib.services import ConvertId, CreateItem, FindItem
 from exchangelib.version import Build, Version
 from pydantic import Field, model_validator
 
@@ -281,6 +281,17 @@ class _GaveUp(Exception):
 _T = TypeVar("_T")
 
 
+class _CreateItemOnce(CreateItem):
+    """CreateItem that never resends itself: exchangelib would after a lost answer (duplicates).
+
+    Every failure goes up to ``EwsCalendarProvider._call``, which looks the keys up before it
+    creates again, and honours the advised back-off of ErrorServerBusy / HTTP 503 itself.
+    """
+
+    def _get_elements(self, payload: Any) -> Iterator[Any]:
+        yield from self._response_generator(payload=payload)
+
+
 def _calendar_folder(account: Account) -> Calendar:
     # The distinguished folder id names the mailbox, so no GetFolder round trip is needed.
     mailbox = Mailbox(email_address=account.primary_smtp_address)
@@ -453,8 +464,15 @@ class EwsCalendarProvider(CalendarProvider):
                     raise _GaveUp(
                         f"{what} failed {attempt} times; last error {type(error).__name__}"
                     ) from None
+                # BackOffMilliseconds / Retry-After are obeyed exactly, up to max_wait; Backoff's
+                # cap is for our own guesses and must not shorten what the server asked for.
                 advised = getattr(error, "back_off", None)
-                delay = self.backoff.delay(attempt, advised)
+                if advised is not None and advised > self.settings.max_wait:
+                    raise _GaveUp(
+                        f"Exchange is throttling: it asked to wait {advised:.0f}s, more than "
+                        f"max_wait ({self.settings.max_wait:.0f}s); try again later"
+                    ) from None
+                delay = advised if advised is not None else self.backoff.delay(attempt)
                 log.info(
                     "target %s: %s for %s failed (%s); retry %d in %.2fs",
                     self.target_name,
@@ -624,11 +642,13 @@ class EwsCalendarProvider(CalendarProvider):
                 results += self._send_updates(account, folder, rewrites)
             if fresh:
                 items = [self._item(account, folder, c) for c in fresh]
-                outcome = account.bulk_create(
-                    folder=folder,
+                outcome = _CreateItemOnce(
+                    account=account, chunk_size=self.settings.chunk_size
+                ).call(
                     items=items,
+                    folder=folder,
+                    message_disposition=SAVE_ONLY,
                     send_meeting_invitations=SEND_TO_NONE,
-                    chunk_size=self.settings.chunk_size,
                 )
                 for change, landed in zip(fresh, outcome, strict=True):
                     results.append(_result(change, landed))
@@ -770,9 +790,15 @@ class EwsCalendarProvider(CalendarProvider):
         url = config.service_endpoint
         protocol = Protocol(config=config)
         try:
-            probe = ConvertId(protocol=protocol)
-            list(probe.call([AlternateId(id="DUMMY", format=EWS_ID, mailbox="DUMMY")], ENTRY_ID))
-            version = protocol.version
+            if config.version is None:
+                version = protocol.version  # discovery sends a ConvertId probe, signed in
+            else:
+                # A harmless signed-in request (the same probe exchangelib's discovery uses).
+                probe = ConvertId(protocol=protocol)
+                list(
+                    probe.call([AlternateId(id="DUMMY", format=EWS_ID, mailbox="DUMMY")], ENTRY_ID)
+                )
+                version = config.version
             report.add(
                 f"connect to {url}, TLS and sign in as {settings.username}",
                 True,
@@ -801,13 +827,12 @@ class EwsCalendarProvider(CalendarProvider):
             )
             return report
         try:
-            ours = sum(len(v) for v in self._find_keys(account, folder, ["leave-check"]).values())
             count = folder.filter(leavesync_key__exists=True).count()
             report.add(
                 "search the calendar for leavesync events (FindItem on our property)",
                 True,
                 f"{count} leavesync events found (write access comes with ApplicationImpersonation;"
-                f" nothing was written){'' if not ours else ''}",
+                " nothing was written)",
             )
         except Exception as error:  # noqa: BLE001
             report.add(
@@ -929,7 +954,10 @@ def _connect_advice(url: str, settings: EwsSettings, error: Exception) -> str:
             "certificate not trusted: set ca_bundle to the PEM file of the CA that issued the "
             "Exchange server's certificate"
         )
-    if isinstance(error, ews_errors.ErrorTimeoutExpired | requests.exceptions.ConnectionError):
+    text = str(error)
+    if isinstance(
+        error, ews_errors.ErrorTimeoutExpired | requests.exceptions.ConnectionError
+    ) or any(sign in text for sign in ("ErrorTimeoutExpired", "ConnectionError", "timed out")):
         return (
             f"cannot reach {url} (connection failed): check ews_url, DNS and the firewall "
             "(HTTPS to the Exchange server)"

@@ -121,6 +121,8 @@ class RequestRecord:
     mailbox: str | None
     outcome: str  # "ok", "401", or the injected fault kind
     count: int = 0  # items in the request (creates/updates/deletes/ids)
+    attributes: dict[str, str] = field(default_factory=dict)  # of the operation element
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 @dataclass
@@ -731,7 +733,7 @@ class _Handler(BaseHTTPRequestHandler):
         for name in ("ItemIds", "ItemChanges"):
             if operation.find(_m(name)) is not None:
                 count = len(operation.find(_m(name)))
-        record = RequestRecord(op, mailbox, "ok", count)
+        record = RequestRecord(op, mailbox, "ok", count, dict(operation.attrib), time.monotonic())
         with emulator._lock:
             emulator.requests.append(record)
         if not self._authorized():
