@@ -159,10 +159,8 @@ class GraphCalendarProvider(CalendarProvider):
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=s.parallel_batches + 4)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        # Keep the token bucket's burst inside the window: burst + refill never exceeds the limit.
-        burst = s.batch_size
-        self.app_limiter = RateLimiter(
-            max(1.0, s.app_requests_per_window - burst), s.app_window_seconds, burst=burst
+        self.app_limiter = _window_limiter(
+            s.app_requests_per_window, s.app_window_seconds, s.batch_size
         )
         self._mailbox_limiters: dict[str, RateLimiter] = {}
         self._limiters_lock = threading.Lock()
@@ -269,11 +267,8 @@ class GraphCalendarProvider(CalendarProvider):
             limiter = self._mailbox_limiters.get(mailbox)
             if limiter is None:
                 s = self.settings
-                burst = min(s.batch_size, s.mailbox_requests_per_window)
-                limiter = RateLimiter(
-                    max(1.0, s.mailbox_requests_per_window - burst),
-                    s.mailbox_window_seconds,
-                    burst=burst,
+                limiter = _window_limiter(
+                    s.mailbox_requests_per_window, s.mailbox_window_seconds, s.batch_size
                 )
                 self._mailbox_limiters[mailbox] = limiter
             return limiter
@@ -714,9 +709,13 @@ class _Run:
                     sub["dependsOn"] = [f"{li}.{wi - 1}"]
                 requests_.append(sub)
                 per_mailbox[work.mailbox] += 1
-        self.p.app_limiter.acquire(len(requests_))
+        # One token at a time: a bucket smaller than a batch must not block forever.
+        for _ in requests_:
+            self.p.app_limiter.acquire()
         for mailbox, n in per_mailbox.items():
-            self.p._mailbox_limiter(mailbox).acquire(n)
+            limiter = self.p._mailbox_limiter(mailbox)
+            for _ in range(n):
+                limiter.acquire()
         token = self.p._token or self.p._access_token()
         try:
             reply = self.p._request(
@@ -901,6 +900,16 @@ class _BatchFailed(Exception):
     def __init__(self, reply: _Reply) -> None:
         super().__init__(reply.describe())
         self.reply = reply
+
+
+def _window_limiter(limit: int, window: float, batch_size: int) -> RateLimiter:
+    """A token bucket that never exceeds ``limit`` requests in any sliding ``window``.
+
+    Burst plus refill within one window stays at the limit: 5% of it as burst (at least
+    one batch), the rest as steady rate, so a long run gets about 95% of the limit.
+    """
+    burst = float(min(limit, max(batch_size, limit // 20)))
+    return RateLimiter(max(limit - burst, 1.0), window, burst=burst)
 
 
 def _transaction_id(change: EventChange) -> str:

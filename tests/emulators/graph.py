@@ -217,6 +217,7 @@ class Stats:
     throttled: collections.Counter = field(default_factory=collections.Counter)
     faults: collections.Counter = field(default_factory=collections.Counter)
     max_mailbox_concurrency: int = 0
+    admitted: list[float] = field(default_factory=list)  # monotonic time of each event request
 
 
 # --------------------------------------------------------------------------- the emulator
@@ -473,6 +474,7 @@ class GraphEmulator:
 
     def _enter(self, address: str) -> Mailbox:
         with self.lock:
+            self.stats.admitted.append(time.monotonic())
             box = self.mailbox(address)
             box.in_flight += 1
             box.max_in_flight = max(box.max_in_flight, box.in_flight)
