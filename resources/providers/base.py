@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import numpy as np
+from pandas.util import hash_array
 from pydantic import BaseModel, ConfigDict
 
 ChangeOp = Literal["create", "update", "delete"]
@@ -37,9 +38,19 @@ def event_key_for(leave_id: object) -> str:
     return f"leave-{leave_id}"
 
 
-def fingerprint_text(text: str) -> str:
-    """Hash of the canonical text of an event (hex, 16 chars)."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+# Fixed 16-byte key: fingerprints must be stable across runs and processes.
+_FINGERPRINT_KEY = "leavesync-fp-v01"
+
+
+def fingerprint_texts(texts: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Fingerprints (int64) of many canonical event texts at once, in C, not a Python loop."""
+    hashed = hash_array(np.asarray(texts, dtype=object), hash_key=_FINGERPRINT_KEY, categorize=False)
+    return hashed.view(np.int64)
+
+
+def fingerprint_text(text: str) -> int:
+    """Fingerprint of one canonical event text; equal to what fingerprint_texts gives for it."""
+    return int(fingerprint_texts([text])[0])
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ class EventPayload:
         return "\x1f".join(_canonical(getattr(self, name)) for name in FINGERPRINT_FIELDS)
 
     @property
-    def fingerprint(self) -> str:
+    def fingerprint(self) -> int:
         return fingerprint_text(self.canonical_text())
 
     def start_date(self) -> dt.date:

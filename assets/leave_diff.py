@@ -1,0 +1,233 @@
+"""leave_diff: validate the extract, render events per target, diff against the snapshot."""
+
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
+    BackfillPolicy,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from assets.diff import Diff, compute_diff
+from assets.extract import HR_LEAVES, PARTITION_COLUMN
+from assets.tables import markdown_table
+from assets.render import EVENT_COLUMNS, render_events
+from assets.validation import BlastRadius, blast_radius, validate_rows
+from pipelines.config import AppConfig
+from pipelines.partitions import EntityScope, scopes_from_keys
+from resources.hr import HRDatabase
+from resources.settings import LeavesyncSettings
+from resources.state import SNAPSHOT_COLUMNS, StateStore
+
+LEAVE_DIFF = "leave_diff"
+SAFETY_CHECK = "diff_is_safe"
+ROWS_CHECK = "rows_are_valid"
+ALLOW_MASS_DELETE_TAG = "leavesync/allow_mass_delete"
+
+
+@dataclass
+class LeaveDiff:
+    """Everything calendar_sync needs, and what the checks and the CLI report."""
+
+    diff: Diff
+    quarantine: pd.DataFrame
+    refusals: list[BlastRadius] = field(default_factory=list)
+    overridden: list[BlastRadius] = field(default_factory=list)
+    scopes: list[EntityScope] = field(default_factory=list)
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.refusals)
+
+    def summary(self) -> pd.DataFrame:
+        """created/updated/deleted/unchanged/quarantined per legal entity partition (all targets)."""
+        counts = self.diff.counts()
+        per_entity = (
+            counts.groupby("legal_entity")[["create", "update", "delete", "unchanged"]].sum()
+            if not counts.empty
+            else pd.DataFrame(columns=["create", "update", "delete", "unchanged"])
+        )
+        errors = self.quarantine[self.quarantine["severity"] == "error"] if len(self.quarantine) else self.quarantine
+        quarantined = (
+            errors.drop_duplicates("leave_id").groupby(PARTITION_COLUMN).size()
+            if len(errors)
+            else pd.Series(dtype=int)
+        )
+        keys = sorted(set(per_entity.index) | set(quarantined.index) | {s.entity_key for s in self.scopes})
+        out = per_entity.reindex(keys, fill_value=0)
+        out["quarantined"] = quarantined.reindex(keys, fill_value=0)
+        return out.astype(int).rename_axis("legal_entity").reset_index()
+
+
+def plan(
+    leaves: pd.DataFrame,
+    scopes: list[EntityScope],
+    cfg: AppConfig,
+    hr: HRDatabase,
+    state: StateStore,
+    allow_mass_delete: bool = False,
+) -> LeaveDiff:
+    """Validate, render and diff one run's leaves; apply the blast-radius rules per entity and run."""
+    in_scope = _snapshot_in_scope(state, hr, scopes)
+    # Leaves exported from this scope but no longer extracted here: moved, or gone from HR.
+    extracted_ids = set(leaves["leave_id"].dropna()) if len(leaves) else set()
+    missing = sorted(set(in_scope["leave_id"]) - extracted_ids)
+    moved = hr.leaves_by_id(missing) if missing else pd.DataFrame(columns=leaves.columns)
+    if len(moved):
+        moved = moved.assign(**{PARTITION_COLUMN: moved["legal_entity"].fillna("")})
+    frames = [f for f in (leaves, moved) if len(f)]
+    all_leaves = pd.concat(frames, ignore_index=True) if frames else leaves
+    if all_leaves.empty:
+        all_leaves = _empty_leaves()
+
+    checked = validate_rows(all_leaves, cfg.safety)
+    desired_parts = [render_events(checked.valid, t, cfg.events) for t in cfg.targets]
+    desired = pd.concat(desired_parts, ignore_index=True) if desired_parts else pd.DataFrame(
+        columns=list(EVENT_COLUMNS)
+    )
+    known = set(zip(in_scope["target"], in_scope["event_key"], strict=True))
+    outside = [k for t, k in zip(desired["target"], desired["event_key"], strict=True) if (t, k) not in known]
+    snapshot = in_scope
+    if outside:
+        extra = state.snapshot_for_keys(outside)
+        snapshot = pd.concat([in_scope, extra], ignore_index=True).drop_duplicates(
+            ["target", "event_key"]
+        )
+    errors = checked.quarantine[checked.quarantine["severity"] == "error"]
+    protected = {"leave-" + str(i) for i in errors["leave_id"].dropna()}
+    diff = compute_diff(desired, snapshot, protected)
+
+    refusals = []
+    deletes = diff.changes[diff.changes["op"] == "delete"]
+    extracted_by_entity = leaves.groupby(PARTITION_COLUMN).size() if len(leaves) else pd.Series(dtype=int)
+    for scope in scopes:
+        codes = _codes(hr, scope)
+        exported = int(in_scope["legal_entity"].isin(codes).sum())
+        n_deletes = int(deletes["legal_entity"].isin(codes).sum())
+        verdict = blast_radius(
+            f"legal entity {scope.label()}",
+            int(extracted_by_entity.get(scope.entity_key, 0)),
+            exported,
+            n_deletes,
+            cfg.safety,
+        )
+        if verdict:
+            refusals.append(verdict)
+    if len(scopes) > 1:
+        verdict = blast_radius("the run", len(leaves), len(in_scope), len(deletes), cfg.safety)
+        if verdict:
+            refusals.append(verdict)
+    quarantine = checked.quarantine.merge(
+        all_leaves[["leave_id", PARTITION_COLUMN]].drop_duplicates("leave_id"), on="leave_id", how="left"
+    ) if len(checked.quarantine) else checked.quarantine.assign(**{PARTITION_COLUMN: []})
+    if allow_mass_delete:
+        return LeaveDiff(diff, quarantine, [], refusals, scopes)
+    return LeaveDiff(diff, quarantine, refusals, [], scopes)
+
+
+def _codes(hr: HRDatabase, scope: EntityScope) -> list[str]:
+    return hr.codes_for_key(scope.entity_key) or [scope.entity_key]
+
+
+def _snapshot_in_scope(state: StateStore, hr: HRDatabase, scopes: list[EntityScope]) -> pd.DataFrame:
+    frames = []
+    for scope in scopes:
+        frame = state.snapshot_in_scope(_codes(hr, scope), scope.date_from, scope.date_to)
+        frames.append(frame[frame["partition_date"].isin(scope.dates)])
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SNAPSHOT_COLUMNS)
+
+
+def _empty_leaves() -> pd.DataFrame:
+    from resources.hr import CANONICAL_COLUMNS, normalise_extract
+
+    return normalise_extract(pd.DataFrame(columns=list(CANONICAL_COLUMNS))).assign(
+        **{PARTITION_COLUMN: pd.Series(dtype=object)}
+    )
+
+
+def build_leave_diff(partitions_def) -> AssetsDefinition:
+    @asset(
+        name=LEAVE_DIFF,
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name="leavesync",
+        ins={"leaves": AssetIn(HR_LEAVES)},
+        check_specs=[
+            AssetCheckSpec(
+                SAFETY_CHECK,
+                asset=LEAVE_DIFF,
+                blocking=True,
+                description="Blast-radius rules on the diff; calendar_sync does not run if it fails.",
+            ),
+            AssetCheckSpec(
+                ROWS_CHECK,
+                asset=LEAVE_DIFF,
+                description="Row rules on the extract: quarantined rows are skipped, valid rows go on.",
+            ),
+        ],
+        description="What must change in each target: creates, updates, deletes, quarantined rows.",
+    )
+    def leave_diff(
+        context: AssetExecutionContext,
+        leaves: pd.DataFrame,
+        hr: HRDatabase,
+        state: StateStore,
+        settings: LeavesyncSettings,
+    ):
+        scopes = scopes_from_keys(context.partition_keys)
+        allow = context.run.tags.get(ALLOW_MASS_DELETE_TAG, "").lower() in ("1", "true", "yes")
+        result = plan(leaves, scopes, settings.app(), hr, state, allow)
+        for entity_key, findings in result.quarantine.groupby(PARTITION_COLUMN):
+            state.record_quarantine(context.run.run_id, str(entity_key), findings)
+        summary = result.summary()
+        yield Output(
+            result,
+            metadata={
+                "changes": len(result.diff.changes),
+                "summary": MetadataValue.md(markdown_table(summary)),
+                "refusals": MetadataValue.json([r.message() for r in result.refusals]),
+                "overridden": MetadataValue.json([r.message() for r in result.overridden]),
+            },
+        )
+        for refusal in result.refusals:
+            context.log.error(refusal.message())
+        yield AssetCheckResult(
+            check_name=SAFETY_CHECK,
+            passed=not result.refused,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "refusals": MetadataValue.json([r.message() for r in result.refusals]),
+                "deletes": int((result.diff.changes["op"] == "delete").sum()),
+            },
+        )
+        errors = result.quarantine[result.quarantine["severity"] == "error"] if len(result.quarantine) else result.quarantine
+        yield AssetCheckResult(
+            check_name=ROWS_CHECK,
+            passed=errors.empty,
+            severity=AssetCheckSeverity.WARN,
+            metadata={
+                "quarantined_rows": int(errors["leave_id"].nunique()) if len(errors) else 0,
+                "by_rule": MetadataValue.json(
+                    result.quarantine.groupby("rule").size().astype(int).to_dict()
+                    if len(result.quarantine)
+                    else {}
+                ),
+                "quarantine": MetadataValue.md(
+                    markdown_table(
+                        result.quarantine[["leave_id", "legal_entity", "start_date", "rule", "severity"]]
+                    )
+                ),
+            },
+        )
+
+    return leave_diff

@@ -1,0 +1,138 @@
+"""From leaves to the events they should be: whole-frame rendering, no Dagster import."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+
+from pipelines.config import EventRules, TargetConfig
+from resources.providers.base import FINGERPRINT_FIELDS, EventPayload, fingerprint_texts
+
+EVENT_COLUMNS: tuple[str, ...] = (
+    "target",
+    "event_key",
+    "leave_id",
+    "calendar",
+    "legal_entity",
+    "partition_date",
+    *FINGERPRINT_FIELDS,
+    "fingerprint",
+)
+SYNCED_STATUSES = ("pending", "approved")
+
+
+def _hhmmss(value: object) -> str:
+    return value.strftime("%H:%M:%S")  # type: ignore[attr-defined]
+
+
+def should_have_event(leaves: pd.DataFrame, rules: EventRules) -> pd.Series:
+    """Pending and approved leaves of active, sync-enabled employees (and synced types)."""
+    unsynced_types = [code for code, rule in rules.leave_types.items() if not rule.sync]
+    return (
+        leaves["status"].isin(SYNCED_STATUSES)
+        & leaves["sync_enabled"].astype(bool)
+        & leaves["active"].astype(bool)
+        & ~leaves["leave_type"].isin(unsynced_types)
+    )
+
+
+def served_by(leaves: pd.DataFrame, target: TargetConfig) -> pd.Series:
+    """Which leaves' employees this target serves (by legal entity and/or email domain)."""
+    mask = pd.Series(True, index=leaves.index)
+    if target.serves.legal_entities:
+        mask &= leaves["legal_entity"].isin(target.serves.legal_entities)
+    if target.serves.email_domains:
+        domains = {d.lower().lstrip("@") for d in target.serves.email_domains}
+        domain = leaves["employee_email"].str.rsplit("@", n=1).str[-1].str.lower()
+        mask &= domain.isin(domains)
+    return mask
+
+
+def render_events(leaves: pd.DataFrame, target: TargetConfig, rules: EventRules) -> pd.DataFrame:
+    """The events ``target`` should hold for these (already validated) leaves."""
+    df = leaves[should_have_event(leaves, rules) & served_by(leaves, target)]
+    out = pd.DataFrame(index=df.index)
+    out["target"] = target.name
+    out["event_key"] = "leave-" + df["leave_id"].astype(str)
+    out["leave_id"] = df["leave_id"].astype(str)
+    out["calendar"] = df["employee_email"].str.lower()
+    out["legal_entity"] = df["legal_entity"].astype(str)
+    out["partition_date"] = df["start_date"].astype(str)
+    if df.empty:
+        return pd.DataFrame(columns=list(EVENT_COLUMNS))
+
+    # Title: "Absent" unless configured otherwise; a sensitive type is never named.
+    title = pd.Series(rules.absent_title, index=df.index, dtype=object)
+    if rules.title_mode == "leave_type":
+        title = df["leave_type_name"].where(df["leave_type_name"].notna(), rules.absent_title)
+    overrides = {c: r.title for c, r in rules.leave_types.items() if r.title}
+    if overrides:
+        over = df["leave_type"].map(overrides)
+        title = over.where(over.notna(), title)
+    out["title"] = title.where(~df["sensitive"].astype(bool), rules.absent_title).astype(str)
+
+    start_date = df["start_date"].astype(str)
+    end_date = df["end_date"].astype(str)
+    work_start = df["workday_start"].fillna(_hhmmss(rules.workday_start)).astype(str)
+    midday = df["midday"].fillna(_hhmmss(rules.midday)).astype(str)
+    work_end = df["workday_end"].fillna(_hhmmss(rules.workday_end)).astype(str)
+    hourly = df["start_time"].notna() & df["end_time"].notna()
+    starts_pm = df["start_half"].eq("PM").fillna(False).astype(bool)
+    ends_am = df["end_half"].eq("AM").fillna(False).astype(bool)
+    timed = hourly | starts_pm | ends_am | target.hours_instead_of_all_day
+
+    day_after_end = (
+        pd.to_datetime(end_date, format="%Y-%m-%d") + pd.Timedelta(days=1)
+    ).dt.strftime("%Y-%m-%d")
+    timed_start = start_date + "T" + work_start.where(~starts_pm, midday)
+    timed_end = end_date + "T" + work_end.where(~ends_am, midday)
+    out["all_day"] = ~timed
+    out["start"] = np.where(
+        hourly, start_date + "T" + df["start_time"].fillna(""), np.where(timed, timed_start, start_date)
+    )
+    out["end"] = np.where(
+        hourly, start_date + "T" + df["end_time"].fillna(""), np.where(timed, timed_end, day_after_end)
+    )
+    out["timezone"] = df["timezone"].astype(str)
+
+    approved = df["status"].eq("approved")
+    out["status"] = np.where(approved, "confirmed", "tentative")
+    show_as = pd.Series(rules.approved_show_as, index=df.index, dtype=object)
+    show_over = {c: r.show_as for c, r in rules.leave_types.items() if r.show_as}
+    if show_over:
+        over = df["leave_type"].map(show_over)
+        show_as = over.where(over.notna(), show_as)
+    out["show_as"] = show_as.where(approved, rules.pending_show_as).astype(str)
+    out["private"] = True
+    out["description"] = rules.description
+    out["categories"] = rules.categories
+    out["fingerprint"] = fingerprints(out)
+    return out.reset_index(drop=True)[list(EVENT_COLUMNS)]
+
+
+def canonical_texts(events: pd.DataFrame) -> pd.Series:
+    """The canonical text of each event, column-wise (same as EventPayload.canonical_text)."""
+    parts = []
+    for name in FINGERPRINT_FIELDS:
+        col = events[name]
+        if col.dtype == bool:
+            parts.append(col.map({True: "1", False: "0"}).astype(str))
+        else:
+            parts.append(col.fillna("").astype(str))
+    text = parts[0]
+    for part in parts[1:]:
+        text = text + "\x1f" + part
+    return text
+
+
+def fingerprints(events: pd.DataFrame) -> np.ndarray:
+    return fingerprint_texts(canonical_texts(events).to_numpy(dtype=object))
+
+
+def payloads(events: pd.DataFrame) -> Iterator[EventPayload]:
+    """Event rows as provider-neutral payloads (only for the rows that change)."""
+    cols = ["event_key", "leave_id", *FINGERPRINT_FIELDS]
+    for row in events[cols].itertuples(index=False):
+        yield EventPayload(**{c: getattr(row, c) for c in cols})

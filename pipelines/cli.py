@@ -1,0 +1,206 @@
+"""The `leavesync` command: sync, demo, check, entities."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+from pipelines.config import AppConfig, ConfigError, load_config
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="leavesync", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="YAML configuration file (default: $LEAVESYNC_CONFIG, or the embedded defaults)")
+
+    s = sub.add_parser("sync", help="reconcile leaves into calendars (one Dagster run per legal entity)")
+    common(s)
+    s.add_argument("--entity", action="append", default=[], metavar="CODE", help="legal entity (repeatable; default: all)")
+    s.add_argument("--from", dest="date_from", type=_date, help="first start date (default: today - lookback)")
+    s.add_argument("--to", dest="date_to", type=_date, help="last start date (default: today + horizon)")
+    s.add_argument("--dry-run", action="store_true", help="stop after the diff and print it")
+    s.add_argument("--allow-mass-delete", action="store_true", help="override the blast-radius refusal")
+
+    d = sub.add_parser("demo", help="seed the embedded demo HR database, then reconcile it")
+    common(d)
+    d.add_argument("--reseed", action="store_true", help="recreate the demo HR data even if present")
+
+    c = sub.add_parser("check", help="test each target's settings without changing anything")
+    common(c)
+    c.add_argument("--target", action="append", default=[], help="target name (default: all)")
+    c.add_argument("--sample", help="sample mailbox (default: first employee email HR has)")
+
+    e = sub.add_parser("entities", help="list legal entities and register them as partitions")
+    common(e)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    handler = {"sync": cmd_sync, "demo": cmd_demo, "check": cmd_check, "entities": cmd_entities}
+    try:
+        return handler[args.command](cfg, args)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+
+
+def _window(cfg: AppConfig, args: argparse.Namespace) -> tuple[dt.date, dt.date]:
+    from pipelines.schedules import nightly_window
+
+    start, end = nightly_window(cfg, dt.date.today())
+    date_from, date_to = args.date_from or start, args.date_to or end
+    if date_to < date_from:
+        raise ConfigError(f"--to {date_to} is before --from {date_from}")
+    if date_from < cfg.window.partitions_start:
+        raise ConfigError(
+            f"--from {date_from} is before the first partition {cfg.window.partitions_start} "
+            "(window.partitions_start)"
+        )
+    return date_from, date_to
+
+
+def cmd_sync(cfg: AppConfig, args: argparse.Namespace) -> int:
+    from pipelines.runner import reconcile
+
+    date_from, date_to = _window(cfg, args)
+    runs = reconcile(
+        cfg,
+        args.entity or None,
+        date_from,
+        date_to,
+        dry_run=args.dry_run,
+        allow_mass_delete=args.allow_mass_delete,
+        progress=lambda m: print(m, flush=True),
+    )
+    return report(runs, dry_run=args.dry_run)
+
+
+def report(runs, dry_run: bool = False) -> int:
+    """Print the per-entity summary (and the planned changes on a dry run); exit status."""
+    frames = []
+    for run in runs:
+        if run.summary is not None and len(run.summary):
+            frames.append(run.summary.assign(status=run.status))
+        else:
+            frames.append(pd.DataFrame([{"legal_entity": run.entity_key, "status": run.status}]))
+    table = pd.concat(frames, ignore_index=True).fillna(0)
+    cols = [c for c in ("legal_entity", "created", "updated", "deleted", "unchanged", "quarantined", "failed", "status") if c in table]
+    table = table[cols]
+    for c in cols[1:-1]:
+        table[c] = table[c].astype(int)
+    title = "planned changes (dry run: nothing was written)" if dry_run else "reconciliation summary"
+    print(f"\n{title}\n{table.to_string(index=False)}")
+    if dry_run:
+        for run in runs:
+            if run.plan is not None and len(run.plan.diff.changes):
+                ch = run.plan.diff.changes
+                print(f"\n{run.entity_key}: {len(ch)} changes")
+                print(ch[["op", "target", "event_key", "calendar", "start", "end", "title", "status"]].head(50).to_string(index=False))
+                if len(ch) > 50:
+                    print(f"... and {len(ch) - 50} more")
+    for run in runs:
+        for msg in run.messages:
+            print(f"{run.entity_key}: {msg}")
+    changes = int(table[[c for c in ("created", "updated", "deleted") if c in table]].to_numpy().sum()) if len(table) else 0
+    print(f"\n{'planned' if dry_run else 'total'} changes: {changes}")
+    bad = [r for r in runs if r.status != "ok"]
+    if bad:
+        print("not reconciled: " + ", ".join(f"{r.entity_key} ({r.status}, run {r.run_id})" for r in bad), file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from pipelines.demo import seed
+    from pipelines.runner import reconcile
+    from pipelines.schedules import nightly_window
+
+    url = cfg.hr_url()
+    if not url.startswith("sqlite:///"):
+        raise ConfigError("the demo seeds the embedded SQLite HR database only; run it without hr.url")
+    path = url.removeprefix("sqlite:///")
+    import os
+
+    fresh = args.reseed or not os.path.exists(path)
+    if fresh:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        counts = seed(sa.create_engine(url), dt.date.today(), with_bad_rows=True)
+        print("seeded demo HR database " + path + ": " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    else:
+        print(f"demo HR database {path} already seeded (use --reseed to start over)")
+    date_from, date_to = nightly_window(cfg, dt.date.today())
+    runs = reconcile(cfg, None, date_from, date_to, progress=lambda m: print(m, flush=True))
+    code = report(runs)
+    feeds = [t for t in cfg.targets if t.type == "ics"]
+    for t in feeds:
+        from resources.providers.ics import IcsProvider
+
+        provider = IcsProvider(t.name, IcsProvider.Settings.model_validate(t.settings))
+        print(f"feeds of target {t.name}: {provider.directory}")
+    print("open the Dagster UI on these runs with: make ui")
+    return code
+
+
+def cmd_check(cfg: AppConfig, args: argparse.Namespace) -> int:
+    from pipelines.definitions import build_resources
+    from resources.providers.base import FatalProviderError
+
+    resources = build_resources(cfg)
+    settings, hr = resources["settings"], resources["hr"]
+    sample = args.sample
+    if not sample:
+        try:
+            sample = hr.sample_email()
+        except Exception as err:  # noqa: BLE001 - the HR database itself may be what is wrong
+            print(f"HR database: cannot read a sample mailbox ({err}); pass --sample", file=sys.stderr)
+            return 2
+    ok = True
+    for target in cfg.targets:
+        if args.target and target.name not in args.target:
+            continue
+        try:
+            rep = settings.provider(target.name).check(sample)
+            print(rep.render())
+            ok &= rep.ok
+        except FatalProviderError as err:
+            print(f"target {target.name}: PROBLEMS FOUND\n  [FAIL] {err}")
+            ok = False
+    return 0 if ok else 1
+
+
+def cmd_entities(cfg: AppConfig, args: argparse.Namespace) -> int:
+    from dagster import DagsterInstance
+
+    from pipelines.definitions import build_resources
+    from pipelines.runner import ensure_dagster_home, sync_entity_partitions
+
+    ensure_dagster_home(cfg)
+    keys = sync_entity_partitions(DagsterInstance.get(), build_resources(cfg)["hr"])
+    print("\n".join(keys))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The one configuration file (YAML), its defaults, and its validation on load."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "LEAVESYNC_CONFIG"
+HOME_ENV = "LEAVESYNC_HOME"
+
+
+class ConfigError(ValueError):
+    """The configuration file is wrong; the message names the key and what is wrong."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HRConfig(_Model):
+    """Where the leaves come from."""
+
+    url: str | None = None
+    url_env: str | None = Field(
+        default=None, description="environment variable holding the URL (when it has a password)"
+    )
+    query: str | None = Field(
+        default=None, description="custom SELECT returning the canonical columns"
+    )
+
+    @model_validator(mode="after")
+    def _one_url(self) -> HRConfig:
+        if self.url and self.url_env:
+            raise ValueError("give either url or url_env, not both")
+        return self
+
+
+class StateConfig(_Model):
+    """The state store: snapshot, quarantine, drift history."""
+
+    url: str | None = None
+    url_env: str | None = None
+
+
+class WindowConfig(_Model):
+    """The nightly reconciliation window and its schedule."""
+
+    lookback_days: int = Field(default=30, ge=0, le=3650)
+    horizon_days: int = Field(default=365, ge=0, le=3650)
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    partitions_start: dt.date = dt.date(2024, 1, 1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        return _check_tz(value)
+
+
+class LeaveTypeRule(_Model):
+    """Per-leave-type override of the event rules."""
+
+    title: str | None = None
+    sync: bool = True
+    show_as: Literal["oof", "busy", "tentative", "free"] | None = None
+
+
+class EventRules(_Model):
+    """How a leave becomes an event (DESIGN.md defaults)."""
+
+    title_mode: Literal["absent", "leave_type"] = "absent"
+    absent_title: str = "Absent"
+    approved_show_as: Literal["oof", "busy", "free"] = "oof"
+    pending_show_as: Literal["tentative", "busy", "oof", "free"] = "tentative"
+    description: str = ""
+    categories: str = ""
+    leave_types: dict[str, LeaveTypeRule] = Field(default_factory=dict)
+    workday_start: dt.time = dt.time(9, 0)
+    midday: dt.time = dt.time(13, 0)
+    workday_end: dt.time = dt.time(17, 30)
+
+
+class Serves(_Model):
+    """Which employees a target serves; empty lists mean everyone."""
+
+    legal_entities: list[str] = Field(default_factory=list)
+    email_domains: list[str] = Field(default_factory=list)
+
+
+class TargetConfig(_Model):
+    """One calendar target (provider instance)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    type: str
+    serves: Serves = Serves()
+    hours_instead_of_all_day: bool = False
+    drift_policy: Literal["repair", "report"] = "repair"
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        from resources.providers import PROVIDER_TYPES
+
+        if value not in PROVIDER_TYPES:
+            raise ValueError(f"unknown target type {value!r}; expected one of {sorted(PROVIDER_TYPES)}")
+        return value
+
+
+class SafetyConfig(_Model):
+    """Blast-radius rules."""
+
+    max_delete_share: float = Field(default=0.2, ge=0, le=1)
+    min_deletes: int = Field(
+        default=10, ge=0, description="the share rule applies from this many deletes on"
+    )
+    refuse_empty_extract: bool = True
+    min_date: dt.date = dt.date(2000, 1, 1)
+    max_date: dt.date = dt.date(2100, 12, 31)
+
+
+class ReportsConfig(_Model):
+    directory: str | None = None
+
+
+class AppConfig(_Model):
+    """The whole configuration file."""
+
+    hr: HRConfig = HRConfig()
+    state: StateConfig = StateConfig()
+    window: WindowConfig = WindowConfig()
+    events: EventRules = EventRules()
+    targets: list[TargetConfig] = Field(
+        default_factory=lambda: [TargetConfig(name="feeds", type="ics")]
+    )
+    safety: SafetyConfig = SafetyConfig()
+    reports: ReportsConfig = ReportsConfig()
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, value: list[TargetConfig]) -> list[TargetConfig]:
+        names = [t.name for t in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"target names must be unique; repeated: {', '.join(dupes)}")
+        if not value:
+            raise ValueError("at least one target is needed")
+        return value
+
+    # Resolved locations (relative defaults live under LEAVESYNC_HOME, default ./.leavesync).
+    def home(self) -> Path:
+        return Path(os.environ.get(HOME_ENV, ".leavesync")).resolve()
+
+    def hr_url(self) -> str:
+        return self.hr.url or f"sqlite:///{self.home() / 'hr.sqlite'}"
+
+    def state_url(self) -> str:
+        return self.state.url or f"sqlite:///{self.home() / 'state.sqlite'}"
+
+    def reports_dir(self) -> Path:
+        return Path(self.reports.directory).resolve() if self.reports.directory else self.home() / "reports"
+
+
+def _check_tz(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Paris)") from None
+    return value
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "configuration") -> AppConfig:
+    """Validate a configuration mapping, target settings included."""
+    try:
+        cfg = AppConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+    from resources.providers import provider_class
+
+    for i, target in enumerate(cfg.targets):
+        settings_model = provider_class(target.type).Settings
+        try:
+            settings_model.model_validate(target.settings)
+        except ValidationError as err:
+            lines = [f"{source}: invalid configuration"]
+            for e in err.errors():
+                key = ".".join(str(p) for p in e["loc"])
+                msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+                lines.append(f"  targets.{i}.settings.{key} (target {target.name!r}): {msg}")
+            raise ConfigError("\n".join(lines)) from None
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> AppConfig:
+    """Load the YAML file at ``path`` (or $LEAVESYNC_CONFIG); no file means the embedded defaults."""
+    path = path or os.environ.get(CONFIG_ENV)
+    if not path:
+        return parse_config({}, "embedded defaults")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: configuration file not found")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of sections")
+    return parse_config(data, str(file))

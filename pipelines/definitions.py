@@ -1,0 +1,62 @@
+"""The Dagster code location: assets, checks, jobs, schedule, sensor and resources."""
+
+from __future__ import annotations
+
+from dagster import Definitions, EnvVar, define_asset_job
+
+from assets.extract import HR_LEAVES, build_hr_leaves
+from assets.leave_diff import LEAVE_DIFF, build_leave_diff
+from assets.sync import CALENDAR_SYNC, build_calendar_sync
+from pipelines.config import AppConfig, load_config
+from pipelines.io_manager import PartitionSetPickleIOManager
+from pipelines.partitions import leave_partitions
+from pipelines.schedules import RECONCILE_JOB, build_nightly_schedule
+from pipelines.sensors import build_entity_sensor
+from resources.hr import HRDatabase
+from resources.settings import LeavesyncSettings
+from resources.state import StateStore
+
+PLAN_JOB = "plan"
+
+
+def build_resources(cfg: AppConfig) -> dict:
+    hr = HRDatabase(url=EnvVar(cfg.hr.url_env) if cfg.hr.url_env else cfg.hr_url(), query=cfg.hr.query)
+    state = StateStore(url=EnvVar(cfg.state.url_env) if cfg.state.url_env else cfg.state_url())
+    return {
+        "hr": hr,
+        "state": state,
+        "settings": LeavesyncSettings(config_json=cfg.model_dump_json()),
+        "io_manager": PartitionSetPickleIOManager(base_dir=str(cfg.home() / "io")),
+    }
+
+
+def build_definitions(cfg: AppConfig) -> Definitions:
+    partitions = leave_partitions(cfg)
+    resources = build_resources(cfg)
+    assets = [
+        build_hr_leaves(partitions),
+        build_leave_diff(partitions),
+        build_calendar_sync(partitions, [t.name for t in cfg.targets]),
+    ]
+    reconcile = define_asset_job(
+        RECONCILE_JOB,
+        selection=[HR_LEAVES, LEAVE_DIFF, CALENDAR_SYNC],
+        partitions_def=partitions,
+        description="Extract, validate and diff, then apply to every calendar target.",
+    )
+    plan_only = define_asset_job(
+        PLAN_JOB,
+        selection=[HR_LEAVES, LEAVE_DIFF],
+        partitions_def=partitions,
+        description="Extract, validate and diff without touching any calendar (dry run).",
+    )
+    return Definitions(
+        assets=assets,
+        jobs=[reconcile, plan_only],
+        schedules=[build_nightly_schedule(cfg)],
+        sensors=[build_entity_sensor(resources["hr"])],
+        resources=resources,
+    )
+
+
+defs = build_definitions(load_config())

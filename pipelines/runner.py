@@ -1,0 +1,122 @@
+"""Runs the reconciliation through Dagster on the persistent instance, so it shows in the UI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.config import AppConfig
+
+warnings.filterwarnings("ignore", category=Warning, module="dagster")
+
+
+def ensure_dagster_home(cfg: AppConfig) -> Path:
+    """Use $DAGSTER_HOME, or <LEAVESYNC_HOME>/dagster (the same one `make ui` opens)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or cfg.home() / "dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+@dataclass
+class EntityRun:
+    entity_key: str
+    run_id: str
+    status: str  # "ok", "blocked", "failed"
+    summary: pd.DataFrame | None = None
+    plan: object | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def sync_entity_partitions(instance, hr) -> list[str]:
+    """Add a legal_entity partition for every legal entity HR knows; return all keys."""
+    from pipelines.partitions import ENTITY_DIMENSION
+
+    known = set(instance.get_dynamic_partitions(ENTITY_DIMENSION))
+    keys = hr.partition_keys()
+    new = [k for k in keys if k not in known]
+    if new:
+        instance.add_dynamic_partitions(ENTITY_DIMENSION, new)
+    return keys
+
+
+def reconcile(
+    cfg: AppConfig,
+    entity_keys: list[str] | None,
+    date_from: dt.date,
+    date_to: dt.date,
+    dry_run: bool = False,
+    allow_mass_delete: bool = False,
+    progress=print,
+) -> list[EntityRun]:
+    """One Dagster run per legal entity over [date_from, date_to]."""
+    ensure_dagster_home(cfg)
+    from dagster import DagsterInstance
+
+    from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, SAFETY_CHECK
+    from assets.sync import CALENDAR_SYNC
+    from pipelines.definitions import PLAN_JOB, build_definitions
+    from pipelines.partitions import range_tags
+    from pipelines.schedules import RECONCILE_JOB
+
+    defs = build_definitions(cfg)
+    hr = defs.resources["hr"]
+    instance = DagsterInstance.get()
+    known = sync_entity_partitions(instance, hr)
+    keys = entity_keys or known
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise SystemExit(
+            f"unknown legal entity: {', '.join(unknown)} (HR knows: {', '.join(known)})"
+        )
+    job = defs.resolve_job_def(PLAN_JOB if dry_run else RECONCILE_JOB)
+    runs = []
+    for key in keys:
+        tags = {**range_tags(key, date_from, date_to), "leavesync/trigger": "cli"}
+        if allow_mass_delete:
+            tags[ALLOW_MASS_DELETE_TAG] = "true"
+        progress(f"{key}: reconciling {date_from}..{date_to}{' (dry run)' if dry_run else ''}")
+        result = job.execute_in_process(
+            instance=instance,
+            tags=tags,
+            raise_on_error=False,
+            # The run's full event log is in the instance (and the UI); the terminal gets warnings.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        run = EntityRun(key, result.run_id, "ok" if result.success else "failed")
+        blocked = [
+            ev
+            for ev in result.get_asset_check_evaluations()
+            if ev.check_name == SAFETY_CHECK and not ev.passed
+        ]
+        if blocked:
+            run.status = "blocked"
+        try:
+            run.plan = result.output_for_node(LEAVE_DIFF)
+        except Exception:  # noqa: BLE001 - the step failed before producing its plan
+            run.plan = None
+        if run.plan is not None:
+            run.messages += [r.message() for r in run.plan.refusals]
+            run.messages += [f"override: {r.message()}" for r in run.plan.overridden]
+        for mat in result.get_asset_materialization_events():
+            if mat.asset_key.to_user_string() == CALENDAR_SYNC:
+                meta = mat.materialization.metadata.get("summary")
+                if meta is not None:
+                    run.summary = pd.DataFrame(meta.value)
+                break
+        if run.summary is None and run.plan is not None:
+            run.summary = run.plan.summary().rename(
+                columns={"create": "created", "update": "updated", "delete": "deleted"}
+            )
+        for ev in result.all_events:
+            if ev.is_failure and ev.event_specific_data is not None:
+                err = getattr(ev.event_specific_data, "error", None)
+                if err is not None and not blocked:
+                    run.messages.append(err.message.strip().splitlines()[-1])
+        runs.append(run)
+    return runs

@@ -1,0 +1,265 @@
+"""The HR database: the one parameterised extract per partition range, on any SQL server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+import sqlalchemy as sa
+from dagster import ConfigurableResource
+from pydantic import PrivateAttr
+
+# The canonical columns of one leave (DESIGN.md); a custom SELECT must return these.
+CANONICAL_COLUMNS: tuple[str, ...] = (
+    "leave_id",
+    "employee_id",
+    "employee_email",
+    "employee_name",
+    "legal_entity",
+    "timezone",
+    "leave_type",
+    "leave_type_name",
+    "sensitive",
+    "status",
+    "start_date",
+    "end_date",
+    "start_half",
+    "end_half",
+    "start_time",
+    "end_time",
+    "updated_at",
+    "sync_enabled",
+)
+# Optional columns: the default query returns them; a custom SELECT may.
+OPTIONAL_COLUMNS: tuple[str, ...] = (
+    "active",
+    "workday_start",
+    "midday",
+    "workday_end",
+    "employee_known",
+    "leave_type_known",
+    "legal_entity_known",
+)
+
+DEFAULT_QUERY = """
+SELECT l.id AS leave_id, l.employee_id AS employee_id, e.email AS employee_email,
+       e.display_name AS employee_name, e.legal_entity AS legal_entity, le.timezone AS timezone,
+       l.leave_type AS leave_type, lt.name AS leave_type_name, lt.sensitive AS sensitive,
+       l.status AS status, l.start_date AS start_date, l.end_date AS end_date,
+       l.start_half AS start_half, l.end_half AS end_half, l.start_time AS start_time,
+       l.end_time AS end_time, l.updated_at AS updated_at, e.sync_enabled AS sync_enabled,
+       e.active AS active, le.workday_start AS workday_start, le.midday AS midday,
+       le.workday_end AS workday_end,
+       CASE WHEN e.id IS NULL THEN 0 ELSE 1 END AS employee_known,
+       CASE WHEN lt.code IS NULL THEN 0 ELSE 1 END AS leave_type_known,
+       CASE WHEN le.code IS NULL THEN 0 ELSE 1 END AS legal_entity_known
+FROM leaves l
+LEFT JOIN employees e ON e.id = l.employee_id
+LEFT JOIN legal_entities le ON le.code = e.legal_entity
+LEFT JOIN leave_types lt ON lt.code = l.leave_type
+"""
+
+# Partition key of leaves whose employee or legal entity is unknown: they are extracted
+# there, quarantined and reported, never silently dropped.
+UNASSIGNED = "_unassigned"
+_KEY_FORBIDDEN = re.compile(r"[|\[\],\s]")
+
+
+def entity_partition_key(code: str) -> str:
+    """Dagster forbids ``| [ ] ,`` in partition keys: a sanitised legal entity code."""
+    return _KEY_FORBIDDEN.sub("_", str(code)).strip() or "_blank"
+
+
+class HRExtractError(RuntimeError):
+    """The HR database could not be read (the message says which query and why)."""
+
+
+class HRDatabase(ConfigurableResource):
+    """Read-only access to the HR database (SQLAlchemy URL; the driver is named in it)."""
+
+    url: str
+    query: str | None = None
+
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = sa.create_engine(self.url, pool_pre_ping=True)
+        return self._engine
+
+    def _source(self) -> str:
+        sql = (self.query or DEFAULT_QUERY).strip().rstrip(";")
+        return f"({sql}) src"
+
+    def legal_entities(self) -> list[str]:
+        """Legal entity codes known to HR."""
+        if self.query:
+            stmt = f"SELECT DISTINCT src.legal_entity FROM {self._source()} WHERE src.legal_entity IS NOT NULL"
+        else:
+            stmt = "SELECT code FROM legal_entities"
+        rows = self._read(sa.text(stmt), {}, "listing legal entities")
+        return sorted(str(v) for v in rows.iloc[:, 0].dropna())
+
+    def sample_email(self) -> str:
+        """One employee email, for "test settings" on a real mailbox."""
+        stmt = sa.text(
+            f"SELECT src.employee_email FROM {self._source()} WHERE src.employee_email IS NOT NULL LIMIT 1"
+        )
+        rows = self._read(stmt, {}, "reading a sample mailbox")
+        if rows.empty:
+            raise HRExtractError("the HR database has no employee with an email")
+        return str(rows.iloc[0, 0])
+
+    def partition_keys(self) -> list[str]:
+        """Partition keys: one per legal entity, plus the one for unassigned leaves."""
+        return sorted({entity_partition_key(c) for c in self.legal_entities()} | {UNASSIGNED})
+
+    def codes_for_key(self, key: str) -> list[str]:
+        return [c for c in self.legal_entities() if entity_partition_key(c) == key]
+
+    def extract(self, entity_key: str, date_from: dt.date, date_to: dt.date) -> pd.DataFrame:
+        """All leaves starting in [date_from, date_to] of one legal entity partition."""
+        codes = self.legal_entities()
+        where = "src.start_date >= :date_from AND src.start_date <= :date_to"
+        params: dict[str, object] = {"date_from": date_from, "date_to": date_to}
+        if entity_key == UNASSIGNED:
+            stmt = sa.text(
+                f"SELECT * FROM {self._source()} WHERE {where} AND (src.legal_entity IS NULL"
+                + (" OR src.legal_entity NOT IN :codes)" if codes else ")")
+            )
+            if codes:
+                stmt = stmt.bindparams(sa.bindparam("codes", expanding=True))
+                params["codes"] = codes
+        else:
+            wanted = [c for c in codes if entity_partition_key(c) == entity_key] or [entity_key]
+            stmt = sa.text(
+                f"SELECT * FROM {self._source()} WHERE {where} AND src.legal_entity IN :codes"
+            ).bindparams(sa.bindparam("codes", expanding=True))
+            params["codes"] = wanted
+        raw = self._read(stmt, params, f"extract of {entity_key} {date_from}..{date_to}")
+        return normalise_extract(raw)
+
+    def leaves_by_id(self, leave_ids: Sequence[str]) -> pd.DataFrame:
+        """Current rows of these leaves, wherever they are now (a leave that moved partition)."""
+        frames = []
+        ids = list(leave_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            # Bind with the ids' own type: a cast would differ between SQL dialects.
+            values: list[object] = (
+                [int(i) for i in chunk] if all(i.isdigit() for i in chunk) else list(chunk)
+            )
+            stmt = sa.text(
+                f"SELECT * FROM {self._source()} WHERE src.leave_id IN :ids"
+            ).bindparams(sa.bindparam("ids", expanding=True))
+            frames.append(self._read(stmt, {"ids": values}, "look-up of moved leaves"))
+        if not frames:
+            return normalise_extract(pd.DataFrame(columns=list(CANONICAL_COLUMNS)))
+        return normalise_extract(pd.concat(frames, ignore_index=True))
+
+    def _read(self, stmt: sa.TextClause, params: dict[str, object], what: str) -> pd.DataFrame:
+        try:
+            with self.engine().connect() as conn:
+                result = conn.execute(stmt, params)
+                return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        except sa.exc.SQLAlchemyError as err:
+            detail = str(getattr(err, "orig", None) or err).splitlines()[0]
+            raise HRExtractError(
+                f"HR database ({self.engine().url.render_as_string(hide_password=True)}): "
+                f"{what} failed: {detail}"
+            ) from err
+
+
+def _time_text(values: pd.Series) -> pd.Series:
+    """TIME values as 'HH:MM:SS' text, whatever the driver returned (time, timedelta, str)."""
+
+    def one(v: object) -> object:
+        if v is None or (isinstance(v, float) and pd.isna(v)) or v is pd.NaT:
+            return None
+        if isinstance(v, dt.time):
+            return v.strftime("%H:%M:%S")
+        if isinstance(v, dt.timedelta):
+            secs = int(v.total_seconds())
+            return f"{secs // 3600:02d}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
+        text = str(v).strip()
+        m = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?", text)
+        return f"{int(m[1]):02d}:{m[2]}:{m[3] or '00'}" if m else text
+
+    return values.map(one, na_action="ignore").astype("object").where(values.notna(), None)
+
+
+def _date_text(values: pd.Series) -> pd.Series:
+    """DATE values as 'YYYY-MM-DD' text (the raw text is kept when it is not a date)."""
+
+    def one(v: object) -> object:
+        if isinstance(v, dt.datetime):
+            return v.date().isoformat()
+        if isinstance(v, dt.date):
+            return v.isoformat()
+        return str(v).strip()[:10] if re.match(r"\d{4}-\d{2}-\d{2}", str(v).strip()) else str(v)
+
+    return values.map(one, na_action="ignore").astype("object").where(values.notna(), None)
+
+
+def _flag(values: pd.Series, default: bool) -> pd.Series:
+    def one(v: object) -> bool:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return default
+        if isinstance(v, str):
+            return v.strip().lower() in ("1", "true", "t", "yes", "y")
+        return bool(v)
+
+    return values.map(one).astype(bool)
+
+
+def _text(values: pd.Series) -> pd.Series:
+    return values.map(lambda v: str(v), na_action="ignore").astype("object").where(values.notna(), None)
+
+
+def normalise_extract(raw: pd.DataFrame) -> pd.DataFrame:
+    """Canonical frame: text ids, ISO dates and times, boolean flags; bad values kept as text."""
+    missing = [c for c in CANONICAL_COLUMNS if c not in raw.columns]
+    if missing:
+        raise HRExtractError(
+            "the HR query does not return the canonical columns: missing " + ", ".join(missing)
+        )
+    out = pd.DataFrame(index=range(len(raw)))
+    raw = raw.reset_index(drop=True)
+    for col in ("leave_id", "employee_id", "employee_email", "employee_name", "legal_entity",
+                "timezone", "leave_type", "leave_type_name", "status", "start_half", "end_half"):
+        out[col] = _text(raw[col])
+    out["employee_email"] = out["employee_email"].map(str.strip, na_action="ignore")
+    out["status"] = out["status"].map(lambda s: s.strip().lower(), na_action="ignore")
+    for col in ("start_half", "end_half"):
+        out[col] = out[col].map(lambda s: s.strip().upper() or None, na_action="ignore")
+    out["start_date"] = _date_text(raw["start_date"])
+    out["end_date"] = _date_text(raw["end_date"])
+    for col in ("start_time", "end_time"):
+        out[col] = _time_text(raw[col])
+    out["updated_at"] = raw["updated_at"].map(str, na_action="ignore")
+    out["sensitive"] = _flag(raw["sensitive"], False)
+    out["sync_enabled"] = _flag(raw["sync_enabled"], True)
+    out["active"] = _flag(raw["active"], True) if "active" in raw else True
+    for col in ("workday_start", "midday", "workday_end"):
+        out[col] = _time_text(raw[col]) if col in raw else None
+    if "employee_known" in raw:
+        out["employee_known"] = _flag(raw["employee_known"], False)
+    else:
+        out["employee_known"] = (
+            raw["employee_email"].notna() | raw["employee_name"].notna() | raw["legal_entity"].notna()
+        )
+    out["leave_type_known"] = (
+        _flag(raw["leave_type_known"], False) if "leave_type_known" in raw else raw["leave_type"].notna()
+    )
+    out["legal_entity_known"] = (
+        _flag(raw["legal_entity_known"], False)
+        if "legal_entity_known" in raw
+        else raw["timezone"].notna()
+    )
+    return out
+
+
+def known_ids(values: Iterable[object]) -> list[str]:
+    return sorted({str(v) for v in values if v is not None})
