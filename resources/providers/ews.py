@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any, ClassVar, Literal, TypeVar
@@ -166,6 +166,35 @@ def _register_properties() -> None:
 
 
 _register_properties()
+
+
+_SECRET_HEADERS = {"authorization", "proxy-authorization"}
+
+
+def _redacted(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, Mapping) and depth < 3:
+        return {
+            k: "<redacted>" if str(k).lower() in _SECRET_HEADERS else _redacted(v, depth + 1)
+            for k, v in value.items()
+        }
+    return value
+
+
+class _RedactAuthorization(logging.Filter):
+    """exchangelib logs request headers at DEBUG, Basic credentials included: blank them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, Mapping):
+            record.args = _redacted(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(_redacted(arg) for arg in record.args)
+        return True
+
+
+for _name in ("exchangelib.util", "exchangelib.transport", "exchangelib.autodiscover.discovery"):
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, _RedactAuthorization) for f in _logger.filters):
+        _logger.addFilter(_RedactAuthorization())
 
 
 class EwsSettings(ProviderSettings):

@@ -609,3 +609,44 @@ def test_tls_with_custom_ca_bundle_and_untrusted_certificate(
                 )
         finally:
             untrusted.close()
+
+
+def test_verify_tls_off_works_only_with_a_loud_warning(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = make_tls_files(tmp_path / "pki")  # type: ignore[operator]
+    with EwsEmulator([ALICE], tls=tls) as emulator:
+        monkeypatch.setenv(PASSWORD_ENV, emulator.password)
+        url = emulator.url.replace("127.0.0.1", "localhost")
+        caplog.set_level(logging.WARNING, logger="resources.providers.ews")
+        settings = EwsSettings(
+            ews_url=url,
+            username=emulator.username,
+            password_env=PASSWORD_ENV,
+            auth_type="basic",
+            verify_tls=False,
+        )
+        provider = EwsCalendarProvider("insecure", settings)
+        try:
+            assert "VERIFICATION IS OFF" in caplog.text
+            (result,) = provider.apply(
+                [create(ALICE, all_day("leave-1", "2024-05-06", "2024-05-07"))]
+            )
+            assert result.ok
+        finally:
+            provider.close()
+
+
+def test_debug_logs_of_exchangelib_never_show_the_password(
+    emulator: EwsEmulator,
+    make_provider: Callable[..., EwsCalendarProvider],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import base64
+
+    caplog.set_level(logging.DEBUG)
+    provider = make_provider()
+    list(provider.apply([create(ALICE, all_day("leave-1", "2024-05-06", "2024-05-07"))]))
+    basic = base64.b64encode(f"{emulator.username}:{emulator.password}".encode()).decode()
+    assert "Request headers" in caplog.text  # exchangelib did log its request headers
+    assert basic not in caplog.text and emulator.password not in caplog.text
