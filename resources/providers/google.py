@@ -494,8 +494,6 @@ class GoogleCalendarProvider(CalendarProvider):
 
     def _run_batch(self, user: str, batch: list[_Pending]) -> list[_Verdict]:
         """Send one batch for one user; a verdict per item (transport failures: retry all)."""
-        self._user_limiter(user).acquire(len(batch))
-        self.project_limiter.acquire(len(batch))
         authed = self._authorize(user)
         events = self._events_api()
         calendar = self.settings.calendar_id
@@ -517,6 +515,9 @@ class GoogleCalendarProvider(CalendarProvider):
                         calendarId=calendar, eventId=item.event_id, body=body, sendUpdates="none"
                     )
             request.add(call, callback=_collector(outcomes), request_id=str(index))
+        # Tokens last, right before sending: the quota counts calls when they arrive.
+        self._user_limiter(user).acquire(len(batch))
+        self.project_limiter.acquire(len(batch))
         try:
             request.execute(http=authed)
         except HttpError as exc:

@@ -320,9 +320,11 @@ class GoogleCalendarEmulator:
                 bucket = self._user_quota[user] = _Bucket(*self._user_quota_args)
             if not bucket.take():
                 self.stats["quota_rejections"] += 1
+                self.stats["user_quota_rejections"] += 1
                 return api_error(403, "userRateLimitExceeded", "User Rate Limit Exceeded")
         if self._project_quota is not None and not self._project_quota.take():
             self.stats["quota_rejections"] += 1
+            self.stats["project_quota_rejections"] += 1
             return api_error(403, "rateLimitExceeded", "Rate Limit Exceeded")
         return None
 

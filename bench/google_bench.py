@@ -1,0 +1,149 @@
+"""Benchmark of the Google provider against the emulator with quotas enforced (not a test).
+
+Run: ``.venv/bin/python -m bench.google_bench``. Prints a table and writes
+bench/results/google.json. Quotas are Google's shape at a scaled-down rate so a run takes
+seconds: the figure that matters is throughput as a share of the binding quota.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from resources.providers.base import EventChange, EventPayload
+from resources.providers.google import GoogleCalendarProvider
+from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
+
+RESULTS = Path(__file__).parent / "results" / "google.json"
+KEY_ENV = "LEAVESYNC_BENCH_GOOGLE_KEY"
+
+
+def _payload(n: int, title: str) -> EventPayload:
+    day = 1 + n % 28
+    return EventPayload(
+        event_key=f"leave-{n}",
+        leave_id=str(n),
+        title=title,
+        all_day=n % 4 != 0,
+        start=f"2025-08-{day:02d}" if n % 4 else f"2025-08-{day:02d}T13:00:00",
+        end=_end(n, day),
+        timezone="Europe/Berlin",
+        status="tentative" if n % 5 == 0 else "confirmed",
+        show_as="oof",
+    )
+
+
+def _end(n: int, day: int) -> str:
+    return f"2025-08-{day + 1:02d}" if n % 4 else f"2025-08-{day:02d}T18:00:00"
+
+
+def _phase(
+    name: str,
+    provider: GoogleCalendarProvider,
+    emulator: GoogleCalendarEmulator,
+    changes: list[EventChange],
+    quota_per_second: float,
+) -> dict[str, float | int | str]:
+    before = dict(emulator.stats)
+    started = time.perf_counter()
+    results = list(provider.apply(changes))
+    seconds = time.perf_counter() - started
+    delta = {k: v - before.get(k, 0) for k, v in emulator.stats.items()}
+    failed = sum(not r.ok for r in results)
+    rate = len(results) / seconds
+    return {
+        "phase": name,
+        "events": len(results),
+        "failed_events": failed,
+        "seconds": round(seconds, 2),
+        "events_per_second": round(rate, 1),
+        "http_requests_per_event": round(delta.get("http_requests", 0) / len(results), 3),
+        "api_calls_per_event": round(delta.get("api_requests", 0) / len(results), 3),
+        "user_quota_rejections": delta.get("user_quota_rejections", 0),
+        "project_quota_rejections": delta.get("project_quota_rejections", 0),
+        "faults_injected": delta.get("faults_injected", 0),
+        "share_of_quota": round(rate / quota_per_second, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--user-per-minute", type=float, default=1200.0)
+    parser.add_argument("--project-per-minute", type=float, default=6000.0)
+    parser.add_argument("--fault-rate", type=float, default=0.1)
+    args = parser.parse_args()
+
+    info, public_key = make_service_account()
+    users = [f"user{i:03d}@example.com" for i in range(args.users)]
+    emulator = GoogleCalendarEmulator(info["client_email"], public_key, users).start()
+    # The server enforces the quotas as token buckets holding one batch plus a fifth: Google
+    # counts per minute, so arrival jitter of a few milliseconds is no excess there.
+    emulator.enforce_quota(args.user_per_minute, args.project_per_minute, 60, 60)
+    os.environ[KEY_ENV] = json.dumps(info)
+    settings = GoogleCalendarProvider.Settings(
+        service_account_key_env=KEY_ENV,
+        api_base_url=emulator.base_url,
+        token_uri=emulator.token_uri,
+        per_user_requests_per_minute=args.user_per_minute,
+        per_project_requests_per_minute=args.project_per_minute,
+        backoff_base_seconds=0.05,
+        backoff_cap_seconds=1.0,
+        max_attempts=20,
+    )
+    provider = GoogleCalendarProvider("bench", settings)
+    binding = min(args.project_per_minute, args.user_per_minute * args.users) / 60.0
+    creates = [
+        EventChange("create", f"leave-{n}", users[n % args.users], _payload(n, "Absent"))
+        for n in range(args.events)
+    ]
+    updates = [
+        EventChange("update", c.event_key, c.calendar, _payload(n, "Away"))
+        for n, c in enumerate(creates)
+    ]
+    deletes = [EventChange("delete", c.event_key, c.calendar) for c in creates]
+    rows = []
+    try:
+        rows.append(_phase("create", provider, emulator, creates, binding))
+        emulator.fault_rate = args.fault_rate
+        emulator.slow_seconds = 0.02
+        rows.append(
+            _phase(f"update, {args.fault_rate:.0%} faults", provider, emulator, updates, binding)
+        )
+        emulator.fault_rate = 0.0
+        rows.append(_phase("delete", provider, emulator, deletes, binding))
+    finally:
+        emulator.stop()
+
+    columns = list(rows[0])
+    print(
+        f"Google provider vs emulator: {args.users} users, quota {args.user_per_minute:g}/min "
+        f"per user, {args.project_per_minute:g}/min per project (binding {binding:g}/s)"
+    )
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "users": args.users,
+                "user_per_minute": args.user_per_minute,
+                "project_per_minute": args.project_per_minute,
+                "binding_quota_per_second": binding,
+                "phases": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"written {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
