@@ -576,9 +576,15 @@ class EwsCalendarProvider(CalendarProvider):
         try:
             account, folder = self._mailbox(calendar)
             size = self.settings.chunk_size
+            for change in changes:
+                problem = None if change.op == "delete" else self._invalid(account, folder, change)
+                if problem:
+                    yield from report(
+                        [ChangeResult(change, ok=False, permanent=True, error=problem)]
+                    )
             deletes = [c for c in changes if c.op == "delete"]
-            updates = [c for c in changes if c.op == "update"]
-            creates = [c for c in changes if c.op == "create"]
+            updates = [c for c in changes if c.op == "update" and id(c) in pending]
+            creates = [c for c in changes if c.op == "create" and id(c) in pending]
             for chunk in _chunks(deletes, size):
                 yield from report(self._delete_chunk(calendar, account, folder, chunk))
             for chunk in _chunks(updates, size):
@@ -625,6 +631,14 @@ class EwsCalendarProvider(CalendarProvider):
             if item.leavesync_key:
                 found.setdefault(item.leavesync_key, []).append(item)
         return found
+
+    def _invalid(self, account: Account, folder: Calendar, change: EventChange) -> str | None:
+        """Why this event cannot become a calendar item (checked before any request), if so."""
+        try:
+            self._item(account, folder, change).clean()
+        except Exception as error:  # noqa: BLE001 - unknown zone, end before start, ...
+            return f"cannot write {change.event_key} to Exchange: {error}"
+        return None
 
     def _item(self, account: Account, folder: Calendar, change: EventChange) -> CalendarItem:
         event = change.event
@@ -681,6 +695,11 @@ class EwsCalendarProvider(CalendarProvider):
                 )
                 for change, landed in zip(fresh, outcome, strict=True):
                     results.append(_result(change, landed))
+            for index, result in enumerate(results):
+                if result.error == "gone":  # vanished between our lookup and our rewrite
+                    results[index] = ChangeResult(
+                        result.change, ok=False, error="the event vanished while being rewritten"
+                    )
             return results
 
         return self._call(calendar, "CreateItem", attempt)

@@ -650,3 +650,23 @@ def test_debug_logs_of_exchangelib_never_show_the_password(
     basic = base64.b64encode(f"{emulator.username}:{emulator.password}".encode()).decode()
     assert "Request headers" in caplog.text  # exchangelib did log its request headers
     assert basic not in caplog.text and emulator.password not in caplog.text
+
+
+def test_an_unwritable_event_fails_alone(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    backwards = all_day("leave-1", "2024-05-09", "2024-05-06")
+    no_zone = timed(
+        "leave-2", "2024-05-06T09:00:00", "2024-05-06T12:00:00", timezone="Mars/Olympus"
+    )
+    good = all_day("leave-3", "2024-05-06", "2024-05-07")
+    results = {
+        r.change.event_key: r
+        for r in provider.apply([create(ALICE, e) for e in (backwards, no_zone, good)])
+    }
+    assert results["leave-3"].ok and [
+        i.extended_value(KEY_PROPERTY) for i in emulator.items(ALICE)
+    ] == ["leave-3"]
+    for key in ("leave-1", "leave-2"):
+        assert not results[key].ok and results[key].permanent and key in results[key].error
