@@ -230,6 +230,8 @@ def test_bulk_operations_in_chunks_of_100(
     assert len({r.provider_event_id for r in results}) == 250
     assert [r.count for r in emulator.requests if r.op == "CreateItem"] == [100, 100, 50]
     assert emulator.count("FindItem") == 3  # one key lookup per chunk
+    remote = list(provider.read_back([ALICE], dt.date(2024, 1, 1), dt.date(2025, 1, 1)))
+    assert sorted(r.event_key for r in remote) == sorted(e.event_key for e in events)  # paged
     deletes = [
         EventChange("delete", r.change.event_key, ALICE, None, r.provider_event_id) for r in results
     ]
@@ -611,6 +613,7 @@ def test_tls_with_custom_ca_bundle_and_untrusted_certificate(
             untrusted.close()
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_verify_tls_off_works_only_with_a_loud_warning(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
