@@ -20,6 +20,11 @@ def ensure_dagster_home(cfg: AppConfig) -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or cfg.home() / "dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
+    (home / "dagster.yaml").touch(exist_ok=True)
+    # One "materialization planned" event per asset for a run over a partition range, instead
+    # of one per partition: it halves Dagster's own overhead per nightly run. (The cost:
+    # partitions of a failed run are not each marked failed; the run and its checks are.)
+    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
     return home
 
 

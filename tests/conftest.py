@@ -1,0 +1,99 @@
+"""Shared fixtures: an isolated leavesync home, a reference HR database, database servers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from tests.hr_builder import HRBuilder
+
+# Under CI the database servers are required: a test that needs one fails instead of skipping.
+REQUIRE_SERVERS = os.environ.get("LEAVESYNC_REQUIRE_DB_SERVERS", "").lower() in ("1", "true", "yes")
+POSTGRES_URL = os.environ.get(
+    "LEAVESYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+MARIADB_URL = os.environ.get("LEAVESYNC_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Iterator:
+    """A fresh LEAVESYNC_HOME and DAGSTER_HOME for one test."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("LEAVESYNC_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.delenv("LEAVESYNC_CONFIG", raising=False)
+    yield home
+
+
+@pytest.fixture
+def today() -> dt.date:
+    return dt.date.today()
+
+
+@pytest.fixture
+def hr(home) -> HRBuilder:
+    """An empty reference-schema HR database in SQLite, with a builder for rows."""
+    return HRBuilder(sa.create_engine(f"sqlite:///{home / 'hr.sqlite'}"))
+
+
+def _server_engine(url: str, name: str) -> sa.Engine:
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as err:  # noqa: BLE001 - any failure means the server is not there
+        engine.dispose()
+        message = f"{name} server not reachable at {url}: {str(err).splitlines()[0]}"
+        if REQUIRE_SERVERS:
+            pytest.fail(message + " (required: LEAVESYNC_REQUIRE_DB_SERVERS is set)")
+        pytest.skip(message)
+    return engine
+
+
+def _isolated_schema_url(engine: sa.Engine, url: str, kind: str) -> tuple[str, callable]:
+    """A throw-away schema/database on the server, so tests never see each other's tables."""
+    name = f"ls_test_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        if kind == "postgres":
+            conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+        else:
+            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    if kind == "postgres":
+        sep = "&" if "?" in url else "?"
+        scoped = f"{url}{sep}options=-csearch_path%3D{name}"
+    else:
+        scoped = url.rsplit("/", 1)[0] + f"/{name}?charset=utf8mb4"
+
+    def drop() -> None:
+        with engine.begin() as conn:
+            if kind == "postgres":
+                conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+            else:
+                conn.execute(sa.text(f"DROP DATABASE `{name}`"))
+        engine.dispose()
+
+    return scoped, drop
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A SQLAlchemy URL (psycopg 3) to an empty schema on the PostgreSQL server."""
+    engine = _server_engine(POSTGRES_URL, "PostgreSQL")
+    url, drop = _isolated_schema_url(engine, POSTGRES_URL, "postgres")
+    yield url
+    drop()
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """A SQLAlchemy URL (PyMySQL) to an empty database on the MariaDB server."""
+    engine = _server_engine(MARIADB_URL, "MariaDB")
+    url, drop = _isolated_schema_url(engine, MARIADB_URL, "mariadb")
+    yield url
+    drop()
