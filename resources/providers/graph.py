@@ -56,6 +56,8 @@ MAILBOX_ERRORS = {
     "ErrorNonExistentMailbox",
 }
 DENIED_ERRORS = {"ErrorAccessDenied", "Authorization_RequestDenied", "AccessDenied"}
+# How long a part-full batch may wait for rate budget while another batch is in flight.
+BATCH_LINGER_SECONDS = 0.1
 TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout)
 
 
@@ -159,9 +161,7 @@ class GraphCalendarProvider(CalendarProvider):
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=s.parallel_batches + 4)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        self.app_limiter = _window_limiter(
-            s.app_requests_per_window, s.app_window_seconds, s.batch_size
-        )
+        self.app_limiter = _window_limiter(s.app_requests_per_window, s.app_window_seconds)
         self._mailbox_limiters: dict[str, RateLimiter] = {}
         self._limiters_lock = threading.Lock()
         self._msal: msal.ConfidentialClientApplication | None = None
@@ -267,9 +267,7 @@ class GraphCalendarProvider(CalendarProvider):
             limiter = self._mailbox_limiters.get(mailbox)
             if limiter is None:
                 s = self.settings
-                limiter = _window_limiter(
-                    s.mailbox_requests_per_window, s.mailbox_window_seconds, s.batch_size
-                )
+                limiter = _window_limiter(s.mailbox_requests_per_window, s.mailbox_window_seconds)
                 self._mailbox_limiters[mailbox] = limiter
             return limiter
 
@@ -295,8 +293,8 @@ class GraphCalendarProvider(CalendarProvider):
         refreshed = False
         last = _Reply(599, {}, {"error": {"code": "Unreachable", "message": "no response"}})
         for attempt in range(1, self.backoff.max_attempts + 1):
-            self.app_limiter.acquire()
-            self._mailbox_limiter(mailbox).acquire()
+            _take(self.app_limiter, 1)
+            _take(self._mailbox_limiter(mailbox), 1)
             try:
                 last = self._request("GET", url, prefer=prefer)
             except TRANSPORT_ERRORS as err:
@@ -603,13 +601,17 @@ class _Run:
         self.succeeded_mailboxes = 0
         self.total_mailboxes = len(queues)
         self.refreshed_token: str | None = None
+        self.app_ready_at = 0.0
+        self.staged: list[list[_Work]] = []
+        self.staged_since: float | None = None
+        self.mailbox_ready_at: dict[str, float] = {}
         self.results_later: list[ChangeResult] = []
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def execute(self) -> Iterator[ChangeResult]:
-        while self.queues or self.futures:
+        while self.queues or self.futures or self.staged:
             while len(self.futures) < self.s.parallel_batches:
                 lanes = self._pick(time.monotonic())
                 if not lanes:
@@ -618,7 +620,8 @@ class _Run:
             if not self.futures:
                 time.sleep(max(0.0, self._next_ready() - time.monotonic()))
                 continue
-            timeout = max(0.0, self._next_ready() - time.monotonic()) if self.queues else None
+            pending = self.queues or self.staged
+            timeout = max(0.0, self._next_ready() - time.monotonic()) if pending else None
             done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
             for fut in done:
                 lanes = self.futures.pop(fut)
@@ -630,65 +633,89 @@ class _Run:
                     yield self.results_later.pop(0)
 
     def _next_ready(self) -> float:
-        return min(
+        """When the next change may be sent: its retry time, its mailbox's and the app's budget."""
+        cap = self.s.max_concurrency_per_mailbox
+        soonest = min(
             (
-                w.not_before
+                max(self.mailbox_ready_at.get(mailbox, 0.0), min(w.not_before for w in q))
                 for mailbox, q in self.queues.items()
-                for w in q
-                if self.in_flight[mailbox] < self.s.max_concurrency_per_mailbox
+                if self.in_flight[mailbox] < cap
             ),
             default=time.monotonic() + 0.05,
         )
+        soonest = max(soonest, self.app_ready_at)
+        if self.staged_since is not None:
+            soonest = min(soonest, self.staged_since + BATCH_LINGER_SECONDS)
+        return soonest
 
     def _pick(self, now: float) -> list[list[_Work]]:
         """Lanes for one batch: each lane is a dependsOn chain in one mailbox (one in flight).
 
         At most max_concurrency lanes per mailbox are in flight at any time; when few
         mailboxes have work, lanes grow longer so the batch still fills up to batch_size.
+        Rate budgets are taken before a request is placed, so a batch never waits inside.
         """
         size, cap = self.s.batch_size, self.s.max_concurrency_per_mailbox
-        lanes: list[list[_Work]] = []
-        count = 0
-        taken: dict[str, collections.deque] = {}
-        for _ in range(len(self.order)):
-            if count >= size:
-                break
-            mailbox = self.order[0]
-            self.order.rotate(-1)
-            free = cap - self.in_flight[mailbox]
-            ready = [w for w in self.queues[mailbox] if w.not_before <= now]
-            if free <= 0 or not ready:
-                continue
-            for work in ready[:free]:
-                if count >= size:
+        staged = sum(len(lane) for lane in self.staged)
+        if now < self.app_ready_at:
+            return self._release(now, staged)
+        candidates = [
+            m
+            for m in self.order
+            if self.in_flight[m] < cap
+            and self.mailbox_ready_at.get(m, 0.0) <= now
+            and any(w.not_before <= now for w in self.queues[m])
+        ]
+        ready_total = sum(
+            sum(1 for w in self.queues[m] if w.not_before <= now) for m in candidates[:size]
+        )
+        want = min(size - staged, ready_total, int(self.p.app_limiter.capacity))
+        if want <= 0:
+            return self._release(now, staged)
+        wait = _try_take(self.p.app_limiter, want)
+        if wait:
+            self.app_ready_at = now + wait
+            return self._release(now, staged)
+        budget = want
+        lanes_of: dict[str, list[list[_Work]]] = {}
+        taken: dict[str, list[_Work]] = {}
+        added = True
+        while budget > 0 and added:
+            added = False
+            active = [
+                m
+                for m in candidates
+                if m not in self.mailbox_ready_at or self.mailbox_ready_at[m] <= now
+            ]
+            share = max(1, -(-budget // max(1, len(active))))
+            for mailbox in active:
+                if budget <= 0:
                     break
-                lanes.append([work])
-                self.in_flight[mailbox] += 1
-                count += 1
-                taken.setdefault(mailbox, collections.deque()).append(work)
-        # Extend lanes into chains while the batch has room.
-        extended = True
-        while count < size and extended:
-            extended = False
-            for lane in lanes:
-                if count >= size:
-                    break
-                mailbox = lane[0].mailbox
-                chosen = {id(w) for w in taken[mailbox]}
-                nxt = next(
-                    (
-                        w
-                        for w in self.queues[mailbox]
-                        if w.not_before <= now and id(w) not in chosen
-                    ),
-                    None,
-                )
-                if nxt is not None:
-                    lane.append(nxt)
-                    taken[mailbox].append(nxt)
-                    count += 1
-                    extended = True
+                chosen = {id(w) for w in taken.get(mailbox, ())}
+                ready = [
+                    w for w in self.queues[mailbox] if w.not_before <= now and id(w) not in chosen
+                ]
+                limiter = self.p._mailbox_limiter(mailbox)
+                k = min(budget, share, len(ready), int(limiter.capacity))
+                if k <= 0:
+                    continue
+                wait = _try_take(limiter, k)
+                if wait:
+                    self.mailbox_ready_at[mailbox] = now + wait
+                    continue
+                lanes = lanes_of.setdefault(mailbox, [])
+                for work in ready[:k]:
+                    # At most half the mailbox's lanes per batch, so that a second batch
+                    # can run for it while the first one is on its way.
+                    if len(lanes) < min(max(1, cap // 2), cap - self.in_flight[mailbox]):
+                        lanes.append([work])
+                    else:  # chain behind the shortest lane
+                        min(lanes, key=len).append(work)
+                taken.setdefault(mailbox, []).extend(ready[:k])
+                budget -= k
+                added = True
         for mailbox, works in taken.items():
+            self.in_flight[mailbox] += len(lanes_of[mailbox])
             ids = {id(w) for w in works}
             remaining = collections.deque(w for w in self.queues[mailbox] if id(w) not in ids)
             if remaining:
@@ -696,26 +723,39 @@ class _Run:
             else:
                 del self.queues[mailbox]
                 self.order.remove(mailbox)
-        return lanes
+        self.order.rotate(-len(taken))  # round-robin: next batch starts further on
+        self.staged += [lane for lanes in lanes_of.values() for lane in lanes]
+        return self._release(now, staged + want - budget)
+
+    def _release(self, now: float, count: int) -> list[list[_Work]]:
+        """The staged lanes as a batch, unless waiting a little longer would fill it.
+
+        Lanes already hold their rate budget; while another batch is on its way and more
+        work is queued, a part-full batch lingers briefly for budget to refill.
+        """
+        if not self.staged:
+            return []
+        if count >= self.s.batch_size or not self.futures or not self.queues:
+            lanes, self.staged = self.staged, []
+            self.staged_since = None
+            return lanes
+        if self.staged_since is None:
+            self.staged_since = now
+        if now - self.staged_since >= BATCH_LINGER_SECONDS:
+            lanes, self.staged = self.staged, []
+            self.staged_since = None
+            return lanes
+        return []
 
     def _send(self, lanes: list[list[_Work]]) -> tuple[str, dict[str, _Reply] | BaseException]:
         """Worker thread: respect the rate limits, POST the batch, map responses by id."""
         requests_ = []
-        per_mailbox: collections.Counter[str] = collections.Counter()
         for li, lane in enumerate(lanes):
             for wi, work in enumerate(lane):
                 sub = self.p._sub_request(work, f"{li}.{wi}")
                 if wi:
                     sub["dependsOn"] = [f"{li}.{wi - 1}"]
                 requests_.append(sub)
-                per_mailbox[work.mailbox] += 1
-        # One token at a time: a bucket smaller than a batch must not block forever.
-        for _ in requests_:
-            self.p.app_limiter.acquire()
-        for mailbox, n in per_mailbox.items():
-            limiter = self.p._mailbox_limiter(mailbox)
-            for _ in range(n):
-                limiter.acquire()
         token = self.p._token or self.p._access_token()
         try:
             reply = self.p._request(
@@ -902,14 +942,40 @@ class _BatchFailed(Exception):
         self.reply = reply
 
 
-def _window_limiter(limit: int, window: float, batch_size: int) -> RateLimiter:
+class _WouldBlock(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+def _would_block(seconds: float) -> None:
+    raise _WouldBlock(seconds)
+
+
+def _window_limiter(limit: int, window: float) -> RateLimiter:
     """A token bucket that never exceeds ``limit`` requests in any sliding ``window``.
 
-    Burst plus refill within one window stays at the limit: 5% of it as burst (at least
-    one batch), the rest as steady rate, so a long run gets about 95% of the limit.
+    Burst plus refill within one window stays at the limit: 5% of it as burst, the rest
+    as steady rate, so a long run gets about 95% of the limit.
+    Its sleep raises instead, so the scheduler can ask without blocking (``_try_take``).
     """
-    burst = float(min(limit, max(batch_size, limit // 20)))
-    return RateLimiter(max(limit - burst, 1.0), window, burst=burst)
+    burst = float(max(1, limit // 20))
+    return RateLimiter(max(limit - burst, 1.0), window, burst=burst, sleep=_would_block)
+
+
+def _try_take(limiter: RateLimiter, tokens: int) -> float:
+    """Take ``tokens`` now and return 0, or take none and return the seconds to wait."""
+    try:
+        limiter.acquire(tokens)
+    except _WouldBlock as wait:
+        return max(wait.seconds, 1e-4)
+    return 0.0
+
+
+def _take(limiter: RateLimiter, tokens: int) -> None:
+    """Take ``tokens``, sleeping as long as needed."""
+    while wait := _try_take(limiter, tokens):
+        time.sleep(wait)
 
 
 def _transaction_id(change: EventChange) -> str:
