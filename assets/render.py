@@ -135,4 +135,7 @@ def payloads(events: pd.DataFrame) -> Iterator[EventPayload]:
     """Event rows as provider-neutral payloads (only for the rows that change)."""
     cols = ["event_key", "leave_id", *FINGERPRINT_FIELDS]
     for row in events[cols].itertuples(index=False):
-        yield EventPayload(**{c: getattr(row, c) for c in cols})
+        values = {c: getattr(row, c) for c in cols}
+        # Plain Python values: payloads are stored as JSON and compared after read-back.
+        values["all_day"], values["private"] = bool(values["all_day"]), bool(values["private"])
+        yield EventPayload(**{k: v if not isinstance(v, str) else str(v) for k, v in values.items()})

@@ -104,7 +104,7 @@ class EventPayload:
 
 
 def _canonical(value: object) -> str:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return "1" if value else "0"
     return "" if value is None else str(value)
 
