@@ -225,7 +225,9 @@ def blast_radius(
     scope: str, extracted: int, exported: int, deletes: int, safety: SafetyConfig
 ) -> BlastRadius | None:
     """Refuse a diff that deletes too much or follows an empty extract; None when it is safe."""
-    if safety.refuse_empty_extract and extracted == 0 and exported > 0:
+    # An empty extract is only dangerous when it would delete: leaves that moved elsewhere
+    # are updates, found by id, and leave their old (now empty) scope without deleting.
+    if safety.refuse_empty_extract and extracted == 0 and exported > 0 and deletes > 0:
         return BlastRadius(
             scope,
             f"the HR extract is empty while {exported} events are exported; "
