@@ -46,7 +46,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
 DEFAULT_QUERY = """
 SELECT l.id AS leave_id, l.employee_id AS employee_id, e.email AS employee_email,
        e.display_name AS employee_name, e.legal_entity AS legal_entity, le.timezone AS timezone,
-       l.leave_type AS leave_type, lt.name AS leave_type_name, lt.sensitive AS sensitive,
+       l.leave_type AS leave_type, lt.name AS leave_type_name, lt.sensitive AS {sensitive},
        l.status AS status, l.start_date AS start_date, l.end_date AS end_date,
        l.start_half AS start_half, l.end_half AS end_half, l.start_time AS start_time,
        l.end_time AS end_time, l.updated_at AS updated_at, e.sync_enabled AS sync_enabled,
@@ -83,19 +83,38 @@ class HRDatabase(ConfigurableResource):
     query: str | None = None
 
     _engine: sa.Engine | None = PrivateAttr(default=None)
+    _query_checked: bool = PrivateAttr(default=False)
 
     def engine(self) -> sa.Engine:
         if self._engine is None:
             self._engine = sa.create_engine(self.url, pool_pre_ping=True)
         return self._engine
 
+    def check_query(self) -> None:
+        """Fail early, naming them, when a custom SELECT lacks canonical columns."""
+        if self._query_checked or not self.query:
+            return
+        probe = self._read(sa.text(f"SELECT * FROM {self._source()} WHERE 1 = 0"), {}, "custom query")
+        missing = [c for c in CANONICAL_COLUMNS if c not in probe.columns]
+        if missing:
+            raise HRExtractError(
+                "hr.query does not return the canonical columns: missing " + ", ".join(missing)
+            )
+        self._query_checked = True
+
     def _source(self) -> str:
-        sql = (self.query or DEFAULT_QUERY).strip().rstrip(";")
-        return f"({sql}) src"
+        if self.query:
+            sql = self.query
+        else:
+            # SENSITIVE is a reserved word in MySQL/MariaDB: quote the alias the dialect's way.
+            quote = self.engine().dialect.identifier_preparer.quote_identifier
+            sql = DEFAULT_QUERY.format(sensitive=quote("sensitive"))
+        return f"({sql.strip().rstrip(';')}) src"
 
     def legal_entities(self) -> list[str]:
         """Legal entity codes known to HR."""
         if self.query:
+            self.check_query()
             stmt = f"SELECT DISTINCT src.legal_entity FROM {self._source()} WHERE src.legal_entity IS NOT NULL"
         else:
             stmt = "SELECT code FROM legal_entities"
