@@ -55,9 +55,11 @@ class RateLimiter:
                     self.capacity, self._tokens + (now - self._last) * self.fill_per_second
                 )
                 self._last = now
-                if self._tokens >= tokens:
+                # A request larger than the bucket waits for a full bucket and goes into
+                # debt, so it can never wait forever.
+                if self._tokens >= min(tokens, self.capacity):
                     self._tokens -= tokens
                     return waited
-                need = (tokens - self._tokens) / self.fill_per_second
+                need = (min(tokens, self.capacity) - self._tokens) / self.fill_per_second
             self._sleep(need)
             waited += need

@@ -1,0 +1,52 @@
+# Every common action has one short name; each sets itself up on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export LEAVESYNC_HOME ?= $(CURDIR)/.leavesync
+export DAGSTER_HOME ?= $(LEAVESYNC_HOME)/dagster
+# One "planned" event per asset for a partition-range run instead of one per partition.
+export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
+
+.PHONY: install demo sync test ui lint format bench bench-smoke services clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	touch $@
+
+demo: install  ## seed the embedded HR database and reconcile it into .ics feeds
+	$(BIN)/leavesync demo
+
+sync: install  ## reconcile with $$LEAVESYNC_CONFIG (or the embedded defaults)
+	$(BIN)/leavesync sync
+
+services:  ## start PostgreSQL and MariaDB if they are down
+	@scripts/services.sh
+
+test: install services  ## the whole test suite
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+ui: install  ## the Dagster UI (and daemon: schedule, sensor, backfills) on the demo's instance
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install services  ## the scale benchmark (BENCH_ARGS="--employees 50000 --leaves 1000000 ...")
+	$(BIN)/python -m bench.scale $(BENCH_ARGS)
+
+bench-smoke: install  ## a seconds-long run of the scale benchmark, so it cannot rot
+	$(BIN)/python -m bench.scale --smoke
+
+clean:
+	rm -rf $(VENV) .leavesync
