@@ -1,6 +1,6 @@
 """leave_diff: validate the extract, render events per target, diff against the snapshot."""
 
-
+import datetime as dt
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -19,12 +19,13 @@ from dagster import (
 
 from assets.diff import Diff, compute_diff
 from assets.extract import HR_LEAVES, PARTITION_COLUMN
-from assets.tables import markdown_table
+from assets.gx_suite import SuiteResult, validate_diff
 from assets.render import EVENT_COLUMNS, render_events
+from assets.tables import markdown_table
 from assets.validation import BlastRadius, blast_radius, validate_rows
 from pipelines.config import AppConfig
 from pipelines.partitions import EntityScope, scopes_from_keys
-from resources.hr import HRDatabase
+from resources.hr import HRDatabase, entity_partition_key
 from resources.settings import LeavesyncSettings
 from resources.state import SNAPSHOT_COLUMNS, StateStore
 
@@ -40,29 +41,41 @@ class LeaveDiff:
 
     diff: Diff
     quarantine: pd.DataFrame
-    refusals: list[BlastRadius] = field(default_factory=list)
+    # Blast-radius refusals, and the GX suite's verdict when it failed (never overridden).
+    refusals: list[BlastRadius | SuiteResult] = field(default_factory=list)
     overridden: list[BlastRadius] = field(default_factory=list)
     scopes: list[EntityScope] = field(default_factory=list)
+    suite: SuiteResult | None = None
+    # The events HR says should exist now (all targets), and the keys of quarantined leaves:
+    # sync_drift compares calendars with these.
+    desired: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(EVENT_COLUMNS)))
+    protected: frozenset[str] = frozenset()
 
     @property
     def refused(self) -> bool:
         return bool(self.refusals)
 
     def summary(self) -> pd.DataFrame:
-        """created/updated/deleted/unchanged/quarantined per legal entity partition (all targets)."""
+        """created/updated/deleted/unchanged/quarantined per entity partition (all targets)."""
         counts = self.diff.counts()
         per_entity = (
             counts.groupby("legal_entity")[["create", "update", "delete", "unchanged"]].sum()
             if not counts.empty
             else pd.DataFrame(columns=["create", "update", "delete", "unchanged"])
         )
-        errors = self.quarantine[self.quarantine["severity"] == "error"] if len(self.quarantine) else self.quarantine
+        errors = (
+            self.quarantine[self.quarantine["severity"] == "error"]
+            if len(self.quarantine)
+            else self.quarantine
+        )
         quarantined = (
             errors.drop_duplicates("leave_id").groupby(PARTITION_COLUMN).size()
             if len(errors)
             else pd.Series(dtype=int)
         )
-        keys = sorted(set(per_entity.index) | set(quarantined.index) | {s.entity_key for s in self.scopes})
+        keys = sorted(
+            set(per_entity.index) | set(quarantined.index) | {s.entity_key for s in self.scopes}
+        )
         out = per_entity.reindex(keys, fill_value=0)
         out["quarantined"] = quarantined.reindex(keys, fill_value=0)
         return out.astype(int).rename_axis("legal_entity").reset_index()
@@ -75,8 +88,10 @@ def plan(
     hr: HRDatabase,
     state: StateStore,
     allow_mass_delete: bool = False,
+    run_id: str | None = None,
 ) -> LeaveDiff:
-    """Validate, render and diff one run's leaves; apply the blast-radius rules per entity and run."""
+    """Validate, render and diff one run's leaves; run the GX suite on the diff, then the
+    blast-radius rules per entity and for the run."""
     in_scope = _snapshot_in_scope(state, hr, scopes)
     # Leaves exported from this scope but no longer extracted here: moved, or gone from HR.
     extracted_ids = set(leaves["leave_id"].dropna()) if len(leaves) else set()
@@ -91,11 +106,17 @@ def plan(
 
     checked = validate_rows(all_leaves, cfg.safety)
     desired_parts = [render_events(checked.valid, t, cfg.events) for t in cfg.targets]
-    desired = pd.concat(desired_parts, ignore_index=True) if desired_parts else pd.DataFrame(
-        columns=list(EVENT_COLUMNS)
+    desired = (
+        pd.concat(desired_parts, ignore_index=True)
+        if desired_parts
+        else pd.DataFrame(columns=list(EVENT_COLUMNS))
     )
     known = set(zip(in_scope["target"], in_scope["event_key"], strict=True))
-    outside = [k for t, k in zip(desired["target"], desired["event_key"], strict=True) if (t, k) not in known]
+    outside = [
+        k
+        for t, k in zip(desired["target"], desired["event_key"], strict=True)
+        if (t, k) not in known
+    ]
     snapshot = in_scope
     if outside:
         extra = state.snapshot_for_keys(outside)
@@ -108,7 +129,9 @@ def plan(
 
     refusals = []
     deletes = diff.changes[diff.changes["op"] == "delete"]
-    extracted_by_entity = leaves.groupby(PARTITION_COLUMN).size() if len(leaves) else pd.Series(dtype=int)
+    extracted_by_entity = (
+        leaves.groupby(PARTITION_COLUMN).size() if len(leaves) else pd.Series(dtype=int)
+    )
     for scope in scopes:
         codes = _codes(hr, scope)
         exported = int(in_scope["legal_entity"].isin(codes).sum())
@@ -126,25 +149,83 @@ def plan(
         verdict = blast_radius("the run", len(leaves), len(in_scope), len(deletes), cfg.safety)
         if verdict:
             refusals.append(verdict)
-    quarantine = checked.quarantine.merge(
-        all_leaves[["leave_id", PARTITION_COLUMN]].drop_duplicates("leave_id"), on="leave_id", how="left"
-    ) if len(checked.quarantine) else checked.quarantine.assign(**{PARTITION_COLUMN: []})
+    quarantine = (
+        checked.quarantine.merge(
+            all_leaves[["leave_id", PARTITION_COLUMN]].drop_duplicates("leave_id"),
+            on="leave_id",
+            how="left",
+        )
+        if len(checked.quarantine)
+        else checked.quarantine.assign(**{PARTITION_COLUMN: []})
+    )
+    suite = validate_diff(
+        diff.changes,
+        [t.name for t in cfg.targets],
+        protected,
+        cfg.data_docs_dir(),
+        cfg.reports_dir() / "gx_validations",
+        run_id or dt.datetime.now(dt.UTC).strftime("plan-%Y%m%dT%H%M%S%f"),
+        cfg.reports.data_docs_keep,
+    )
+    overridden: list[BlastRadius] = []
     if allow_mass_delete:
-        return LeaveDiff(diff, quarantine, [], refusals, scopes)
-    return LeaveDiff(diff, quarantine, refusals, [], scopes)
+        overridden, refusals = refusals, []
+    rejected: list[BlastRadius | SuiteResult] = [*refusals, *([] if suite.success else [suite])]
+    return LeaveDiff(
+        diff, quarantine, rejected, overridden, scopes, suite, desired, frozenset(protected)
+    )
+
+
+def _safety_metadata(result: LeaveDiff) -> dict:
+    """The blocking check's metadata: refusals, overrides, the suite's verdict, Data Docs link."""
+    meta: dict = {
+        "refusals": MetadataValue.json([r.message() for r in result.refusals]),
+        "overridden": MetadataValue.json([r.message() for r in result.overridden]),
+        "deletes": int((result.diff.changes["op"] == "delete").sum()),
+        "by_partition": MetadataValue.json(_verdicts(result)),
+    }
+    if result.suite is not None:
+        meta["gx_suite_passed"] = result.suite.success
+        meta["gx_suite"] = MetadataValue.md(markdown_table(result.suite.table()))
+        if result.suite.docs_url:
+            meta["data_docs"] = MetadataValue.url(result.suite.docs_url)
+        if result.suite.docs_index:
+            meta["data_docs_index"] = MetadataValue.url(result.suite.docs_index)
+    return meta
+
+
+def _verdicts(result: LeaveDiff) -> dict[str, str]:
+    """Per legal entity partition: "ok", or why it (and so the run) was refused."""
+    out = {s.entity_key: "ok" for s in result.scopes}
+    for refusal in result.refusals:
+        if isinstance(refusal, BlastRadius):
+            keys = [s.entity_key for s in result.scopes if refusal.scope.endswith(s.label())]
+            reason = f"refused: {refusal.reason}"
+        else:
+            codes = {entity_partition_key(e) for o in refusal.failures for e in o.legal_entities}
+            keys = [k for k in out if k in codes]
+            keys = keys or list(out)
+            reason = "refused: GX suite failed: " + ", ".join(o.rule for o in refusal.failures)
+        for key in keys:
+            out[key] = reason if out[key] == "ok" else f"{out[key]}; {reason}"
+    return out
 
 
 def _codes(hr: HRDatabase, scope: EntityScope) -> list[str]:
     return hr.codes_for_key(scope.entity_key) or [scope.entity_key]
 
 
-def _snapshot_in_scope(state: StateStore, hr: HRDatabase, scopes: list[EntityScope]) -> pd.DataFrame:
+def _snapshot_in_scope(
+    state: StateStore, hr: HRDatabase, scopes: list[EntityScope]
+) -> pd.DataFrame:
     frames = []
     for scope in scopes:
         frame = state.snapshot_in_scope(_codes(hr, scope), scope.date_from, scope.date_to)
         frames.append(frame[frame["partition_date"].isin(scope.dates)])
     frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SNAPSHOT_COLUMNS)
+    return (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SNAPSHOT_COLUMNS)
+    )
 
 
 def _empty_leaves() -> pd.DataFrame:
@@ -167,12 +248,15 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
                 SAFETY_CHECK,
                 asset=LEAVE_DIFF,
                 blocking=True,
-                description="Blast-radius rules on the diff; calendar_sync does not run if it fails.",
+                description=(
+                    "The GX suite on the whole diff and the blast-radius rules; calendar_sync "
+                    "does not run if it fails."
+                ),
             ),
             AssetCheckSpec(
                 ROWS_CHECK,
                 asset=LEAVE_DIFF,
-                description="Row rules on the extract: quarantined rows are skipped, valid rows go on.",
+                description="Row rules on the extract: bad rows are quarantined, valid rows go on.",
             ),
         ],
         description="What must change in each target: creates, updates, deletes, quarantined rows.",
@@ -186,7 +270,7 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
     ):
         scopes = scopes_from_keys(context.partition_keys)
         allow = context.run.tags.get(ALLOW_MASS_DELETE_TAG, "").lower() in ("1", "true", "yes")
-        result = plan(leaves, scopes, settings.app(), hr, state, allow)
+        result = plan(leaves, scopes, settings.app(), hr, state, allow, context.run.run_id)
         for entity_key, findings in result.quarantine.groupby(PARTITION_COLUMN):
             state.record_quarantine(context.run.run_id, str(entity_key), findings)
         summary = result.summary()
@@ -205,12 +289,13 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
             check_name=SAFETY_CHECK,
             passed=not result.refused,
             severity=AssetCheckSeverity.ERROR,
-            metadata={
-                "refusals": MetadataValue.json([r.message() for r in result.refusals]),
-                "deletes": int((result.diff.changes["op"] == "delete").sum()),
-            },
+            metadata=_safety_metadata(result),
         )
-        errors = result.quarantine[result.quarantine["severity"] == "error"] if len(result.quarantine) else result.quarantine
+        errors = (
+            result.quarantine[result.quarantine["severity"] == "error"]
+            if len(result.quarantine)
+            else result.quarantine
+        )
         yield AssetCheckResult(
             check_name=ROWS_CHECK,
             passed=errors.empty,
@@ -224,7 +309,9 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
                 ),
                 "quarantine": MetadataValue.md(
                     markdown_table(
-                        result.quarantine[["leave_id", "legal_entity", "start_date", "rule", "severity"]]
+                        result.quarantine[
+                            ["leave_id", "legal_entity", "start_date", "rule", "severity", "row"]
+                        ]
                     )
                 ),
             },

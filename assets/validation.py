@@ -12,7 +12,8 @@ import pandas as pd
 from pipelines.config import SafetyConfig
 
 KNOWN_STATUSES = ("pending", "approved", "rejected", "cancelled")
-EMAIL_PATTERN = r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+EMAIL_PATTERN = rf"^[^@\s<>(),;:\"\[\]]+@{_LABEL}(?:\.{_LABEL})+$"
 MAX_TITLE_CHARS = 255
 MAX_EMAIL_CHARS = 254
 
@@ -52,8 +53,16 @@ ROW_RULES: tuple[RowRule, ...] = (
     RowRule(DATE_INVALID, "error", "start or end date is missing or not a date"),
     RowRule(DATE_OUT_OF_RANGE, "error", "a date lies outside the configured sane range"),
     RowRule(END_BEFORE_START, "error", "the leave ends before it starts"),
-    RowRule(HALF_DAY_INVALID, "error", "half-day markers are unknown or leave no time on a one-day leave"),
-    RowRule(HOURLY_INVALID, "error", "hourly leave spans several days, lacks a time, or ends before it starts"),
+    RowRule(
+        HALF_DAY_INVALID,
+        "error",
+        "half-day markers are unknown or leave no time on a one-day leave",
+    ),
+    RowRule(
+        HOURLY_INVALID,
+        "error",
+        "hourly leave spans several days, lacks a time, or ends before it starts",
+    ),
     RowRule(TEXT_TOO_LONG, "error", "an email or leave type name is too long for a calendar"),
     RowRule(DUPLICATE_LEAVE_ID, "error", "the same leave id appears more than once"),
     RowRule(OVERLAP, "warn", "two leaves of the same employee overlap"),
@@ -91,13 +100,7 @@ def rule_violations(leaves: pd.DataFrame, safety: SafetyConfig) -> dict[str, pd.
     raw_is_date = leaves["start_date"].fillna("").str.fullmatch(r"\d{4}-\d{2}-\d{2}") & leaves[
         "end_date"
     ].fillna("").str.fullmatch(r"\d{4}-\d{2}-\d{2}")
-    out_of_range = raw_is_date & (
-        ~dates_ok
-        | (start < lo)
-        | (start > hi)
-        | (end < lo)
-        | (end > hi)
-    )
+    out_of_range = raw_is_date & (~dates_ok | (start < lo) | (start > hi) | (end < lo) | (end > hi))
     masks = {
         EMPLOYEE_UNKNOWN: ~employee_known,
         LEGAL_ENTITY_UNKNOWN: employee_known & ~leaves["legal_entity_known"].astype(bool),
@@ -156,7 +159,15 @@ class RowValidation:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-QUARANTINE_COLUMNS = ("leave_id", "legal_entity", "start_date", "rule", "severity", "message", "row")
+QUARANTINE_COLUMNS = (
+    "leave_id",
+    "legal_entity",
+    "start_date",
+    "rule",
+    "severity",
+    "message",
+    "row",
+)
 
 
 def validate_rows(leaves: pd.DataFrame, safety: SafetyConfig) -> RowValidation:

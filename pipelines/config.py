@@ -109,7 +109,9 @@ class TargetConfig(_Model):
         from resources.providers import PROVIDER_TYPES
 
         if value not in PROVIDER_TYPES:
-            raise ValueError(f"unknown target type {value!r}; expected one of {sorted(PROVIDER_TYPES)}")
+            raise ValueError(
+                f"unknown target type {value!r}; expected one of {sorted(PROVIDER_TYPES)}"
+            )
         return value
 
 
@@ -126,7 +128,17 @@ class SafetyConfig(_Model):
 
 
 class ReportsConfig(_Model):
-    directory: str | None = None
+    """Where reports go: GX Data Docs of every diff validation, the drift report and plot."""
+
+    directory: str | None = Field(
+        default=None, description="reports folder (default: <LEAVESYNC_HOME>/reports)"
+    )
+    data_docs_directory: str | None = Field(
+        default=None, description="GX Data Docs site (default: <reports folder>/data_docs)"
+    )
+    data_docs_keep: int = Field(
+        default=100, ge=1, le=100_000, description="validation runs kept in the Data Docs site"
+    )
 
 
 class AppConfig(_Model):
@@ -164,7 +176,16 @@ class AppConfig(_Model):
         return self.state.url or f"sqlite:///{self.home() / 'state.sqlite'}"
 
     def reports_dir(self) -> Path:
-        return Path(self.reports.directory).resolve() if self.reports.directory else self.home() / "reports"
+        return (
+            Path(self.reports.directory).resolve()
+            if self.reports.directory
+            else self.home() / "reports"
+        )
+
+    def data_docs_dir(self) -> Path:
+        if self.reports.data_docs_directory:
+            return Path(self.reports.data_docs_directory).resolve()
+        return self.reports_dir() / "data_docs"
 
 
 def _check_tz(value: str) -> str:
@@ -209,7 +230,7 @@ def parse_config(data: dict[str, Any] | None, source: str = "configuration") -> 
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> AppConfig:
-    """Load the YAML file at ``path`` (or $LEAVESYNC_CONFIG); no file means the embedded defaults."""
+    """Load the YAML file at ``path`` (or $LEAVESYNC_CONFIG); no file: the embedded defaults."""
     path = path or os.environ.get(CONFIG_ENV)
     if not path:
         return parse_config({}, "embedded defaults")

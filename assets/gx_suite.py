@@ -1,0 +1,336 @@
+"""The Great Expectations suite on the whole diff: thin GX Core 1.x glue, Data Docs on disk."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from assets.diff import CHANGE_COLUMNS, OPS
+from assets.validation import EMAIL_PATTERN
+
+SUITE_NAME = "leave_diff"
+ASSET_NAME = "diff"
+WRITE_FIELDS = ("leave_id", "title", "start", "end", "timezone", "fingerprint")
+STATUSES = ("confirmed", "tentative")
+SHOW_AS = ("oof", "busy", "tentative", "free")
+ISO_DATE_OR_TIME = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2})?)?$"
+# How many failing event keys a failure message and the check metadata show.
+SAMPLE = 10
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """One expectation of the suite on one diff, in words and event keys an operator can use."""
+
+    rule: str
+    description: str
+    success: bool
+    unexpected: int = 0
+    event_keys: tuple[str, ...] = ()
+    legal_entities: tuple[str, ...] = ()
+    error: str | None = None
+
+    def message(self) -> str:
+        where = f" (legal entities {', '.join(self.legal_entities)})" if self.legal_entities else ""
+        if self.error:
+            return f"{self.rule}: could not be evaluated: {self.error}"
+        keys = ", ".join(self.event_keys)
+        more = (
+            f" and {self.unexpected - len(self.event_keys)} more"
+            if self.unexpected > SAMPLE
+            else ""
+        )
+        return (
+            f"{self.rule}: {self.description}: {self.unexpected} changes{where}, e.g. {keys}{more}"
+        )
+
+
+@dataclass
+class SuiteResult:
+    """The suite's verdict on one run's diff and where its Data Docs page is."""
+
+    success: bool
+    outcomes: list[ExpectationOutcome] = field(default_factory=list)
+    docs_url: str | None = None
+    docs_index: str | None = None
+    evaluated: int = 0
+
+    @property
+    def failures(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    def message(self) -> str:
+        """Why the diff was refused (a refusal shown next to the blast-radius ones)."""
+        lines = [
+            f"the diff failed the Great Expectations suite `{SUITE_NAME}`; nothing was applied "
+            "(this refusal cannot be overridden: the diff itself is wrong)"
+        ]
+        lines += [f"  - {o.message()}" for o in self.failures]
+        if self.docs_url:
+            lines.append(f"  Data Docs: {self.docs_url}")
+        return "\n".join(lines)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {
+                    "rule": o.rule,
+                    "passed": o.success,
+                    "unexpected": o.unexpected,
+                    "legal_entities": ", ".join(o.legal_entities),
+                    "event_keys": ", ".join(o.event_keys),
+                }
+                for o in self.outcomes
+            ],
+            columns=["rule", "passed", "unexpected", "legal_entities", "event_keys"],
+        )
+
+
+def diff_frame(changes: pd.DataFrame) -> pd.DataFrame:
+    """The diff as GX sees it: every change column, plain objects, positional index."""
+    frame = changes.reindex(columns=list(CHANGE_COLUMNS)).reset_index(drop=True)
+    # Object columns keep GX's pandas metrics away from pandas 3's string/nullable dtypes.
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def _expectations() -> list:
+    """The suite, each expectation tagged with the rule name reported to operators."""
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    writes = Column("op") != "delete"
+    deletes = Column("op") == "delete"
+
+    def tag(rule: str, description: str, expectation):
+        expectation.meta = {"rule": rule}
+        expectation.description = description
+        return expectation
+
+    suite = [
+        tag(
+            "op_known",
+            "the operation is create, update or delete",
+            gxe.ExpectColumnValuesToBeInSet(column="op", value_set=list(OPS)),
+        ),
+        tag(
+            "target_known",
+            "the change is for a configured target",
+            gxe.ExpectColumnValuesToBeInSet(column="target", value_set={"$PARAMETER": "targets"}),
+        ),
+        tag(
+            "one_change_per_event",
+            "each event key of a target changes at most once",
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["target", "event_key"]),
+        ),
+        tag(
+            "event_key_well_formed",
+            "the event key is leave-<leave id>",
+            gxe.ExpectColumnValuesToMatchRegex(column="event_key", regex=r"^leave-\S.*$"),
+        ),
+        tag(
+            "event_key_present",
+            "every change has an event key",
+            gxe.ExpectColumnValuesToNotBeNull(column="event_key"),
+        ),
+        tag(
+            "calendar_present",
+            "every change names its calendar",
+            gxe.ExpectColumnValuesToNotBeNull(column="calendar"),
+        ),
+        tag(
+            "calendar_well_formed",
+            "the calendar is a well-formed mailbox address",
+            gxe.ExpectColumnValuesToMatchRegex(column="calendar", regex=EMAIL_PATTERN),
+        ),
+        tag(
+            "status_known",
+            "a written event is confirmed or tentative",
+            gxe.ExpectColumnValuesToBeInSet(
+                column="status", value_set=list(STATUSES), row_condition=writes
+            ),
+        ),
+        tag(
+            "show_as_known",
+            "a written event shows as oof, busy, tentative or free",
+            gxe.ExpectColumnValuesToBeInSet(
+                column="show_as", value_set=list(SHOW_AS), row_condition=writes
+            ),
+        ),
+        tag(
+            "start_well_formed",
+            "a written event starts at an ISO date or date-time",
+            gxe.ExpectColumnValuesToMatchRegex(
+                column="start", regex=ISO_DATE_OR_TIME, row_condition=writes
+            ),
+        ),
+        tag(
+            "end_well_formed",
+            "a written event ends at an ISO date or date-time",
+            gxe.ExpectColumnValuesToMatchRegex(
+                column="end", regex=ISO_DATE_OR_TIME, row_condition=writes
+            ),
+        ),
+        tag(
+            "dates_ordered",
+            "a written event ends after it starts",
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="end",
+                column_B="start",
+                or_equal=False,
+                ignore_row_if="either_value_is_missing",
+                row_condition=writes,
+            ),
+        ),
+        tag(
+            "no_delete_of_quarantined",
+            "no event of a quarantined leave is deleted",
+            gxe.ExpectColumnValuesToNotBeInSet(
+                column="event_key",
+                value_set={"$PARAMETER": "quarantined_keys"},
+                row_condition=deletes,
+            ),
+        ),
+    ]
+    for name in WRITE_FIELDS:
+        suite.append(
+            tag(
+                f"{name}_present",
+                f"a created or updated event has its {name}",
+                gxe.ExpectColumnValuesToNotBeNull(column=name, row_condition=writes),
+            )
+        )
+    return suite
+
+
+def _context(docs_dir: Path, results_dir: Path):
+    """An ephemeral context whose only files are its validation results and the Data Docs site."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+        data_docs_sites={
+            "leavesync": {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+        },
+    )
+    # Results on disk, so the site's index lists earlier runs too (pruned to `keep`).
+    config.stores["validation_results_store"] = {
+        "class_name": "ValidationResultsStore",
+        "store_backend": {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(results_dir),
+        },
+    }
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def validate_diff(
+    changes: pd.DataFrame,
+    targets: Iterable[str],
+    quarantined_keys: Iterable[str],
+    docs_dir: Path,
+    results_dir: Path,
+    run_name: str,
+    keep: int = 100,
+) -> SuiteResult:
+    """Run the suite once on a run's whole diff; write its Data Docs page and return the verdict."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    _prune(results_dir, docs_dir, keep - 1)
+    context = _context(docs_dir, results_dir)
+    batch = (
+        context.data_sources.add_pandas(ASSET_NAME)
+        .add_dataframe_asset(SUITE_NAME)
+        .add_batch_definition_whole_dataframe("whole diff")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME, expectations=_expectations()))
+    validation = context.validation_definitions.add(
+        gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=SUITE_NAME,
+            validation_definitions=[validation],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False},
+        )
+    )
+    frame = diff_frame(changes)
+    result = checkpoint.run(
+        batch_parameters={"dataframe": frame},
+        expectation_parameters={
+            "targets": sorted(set(targets)),
+            "quarantined_keys": sorted(set(quarantined_keys)),
+        },
+        run_id=RunIdentifier(run_name=run_name),
+    )
+    identifier, run_result = next(iter(result.run_results.items()))
+    outcomes = [_outcome(r, frame) for r in run_result.results]
+    urls = context.get_docs_sites_urls(resource_identifier=identifier)
+    index = context.get_docs_sites_urls()
+    return SuiteResult(
+        success=bool(result.success),
+        outcomes=outcomes,
+        docs_url=urls[0]["site_url"] if urls else None,
+        docs_index=index[0]["site_url"] if index else None,
+        evaluated=len(frame),
+    )
+
+
+def _outcome(result, frame: pd.DataFrame) -> ExpectationOutcome:
+    config = result.expectation_config
+    meta = config.meta or {}
+    rule = str(meta.get("rule", config.type))
+    description = str(config.description or config.type)
+    error = None
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        error = str(result.exception_info.get("exception_message") or "error").splitlines()[0]
+    rows = [
+        i for i in (result.result or {}).get("unexpected_index_list") or [] if isinstance(i, int)
+    ]
+    hit = frame.iloc[rows] if rows else frame.iloc[0:0]
+    keys = tuple(str(k) for k in hit["event_key"].head(SAMPLE))
+    entities = tuple(sorted({str(e) for e in hit["legal_entity"].dropna()}))
+    unexpected = int((result.result or {}).get("unexpected_count") or len(rows))
+    return ExpectationOutcome(
+        rule, description, bool(result.success), unexpected, keys, entities, error
+    )
+
+
+def _prune(results_dir: Path, docs_dir: Path, keep: int) -> None:
+    """Drop the oldest validation results (and their pages) beyond the newest ``keep``."""
+    # Layout: <suite>/<run name>/<run time>/<batch>.json, mirrored as .html under validations/.
+    found = sorted(results_dir.glob("*/*/*/*.json"), key=lambda p: p.parent.name)
+    for path in found[: max(0, len(found) - max(keep, 0))]:
+        rel = path.relative_to(results_dir)
+        page = docs_dir / "validations" / rel.with_suffix(".html")
+        for item in (path, page):
+            item.unlink(missing_ok=True)
+        for base in (results_dir, docs_dir / "validations"):
+            run_dir = base / rel.parts[0] / rel.parts[1]
+            if run_dir.is_dir() and not any(run_dir.rglob("*.*")):
+                shutil.rmtree(run_dir, ignore_errors=True)
