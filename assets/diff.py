@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from assets.render import EVENT_COLUMNS
@@ -17,7 +18,6 @@ CHANGE_COLUMNS: tuple[str, ...] = (
     "provider_event_id",
     "version",
 )
-_KEY = ["target", "event_key"]
 
 
 @dataclass
@@ -53,54 +53,61 @@ def compute_diff(
     ``protected_keys``: event keys of quarantined leaves; their exported events are left alone.
     A leave whose event moved to another calendar is a delete there and a create here.
     """
-    snap = snapshot[["target", "event_key", "leave_id", "calendar", "legal_entity",
-                     "partition_date", "fingerprint", "provider_event_id", "version"]]
-    snap = snap[~snap["event_key"].isin(list(protected_keys))]
-    # Nullable ints: the outer merge must not turn 64-bit fingerprints into lossy floats.
-    snap = snap.astype({"fingerprint": "Int64"})
-    desired = desired.astype({"fingerprint": "Int64"})
-    merged = desired.merge(snap, on=_KEY, how="outer", suffixes=("", "_snap"), indicator=True)
-    side = merged["_merge"]
-    both = side.eq("both")
-    moved_calendar = both & merged["calendar"].ne(merged["calendar_snap"])
-    changed = both & ~moved_calendar & merged["fingerprint"].ne(merged["fingerprint_snap"]).fillna(False)
-    relocated = both & ~moved_calendar & ~changed & (
-        merged["legal_entity"].ne(merged["legal_entity_snap"])
-        | merged["partition_date"].ne(merged["partition_date_snap"])
-    )
-    unchanged_mask = both & ~moved_calendar & ~changed
-
-    creates = merged[side.eq("left_only") | moved_calendar]
-    updates = merged[changed]
-    deletes = merged[side.eq("right_only") | moved_calendar]
-
-    parts = [
-        _as_changes(creates, "create", keep_ids=False),
-        _as_changes(updates, "update", keep_ids=True),
-        _deletes(deletes),
-    ]
-    changes = pd.concat([p for p in parts if not p.empty], ignore_index=True) if any(
-        not p.empty for p in parts
-    ) else pd.DataFrame(columns=list(CHANGE_COLUMNS))
+    snap = snapshot[~snapshot["event_key"].isin(list(protected_keys))]
+    parts: list[pd.DataFrame] = []
+    relocations: list[pd.DataFrame] = []
+    unchanged: list[pd.DataFrame] = []
+    targets = sorted(set(desired["target"]) | set(snap["target"]))
+    for target in targets:
+        want = desired[desired["target"] == target]
+        have = snap[snap["target"] == target]
+        # One hash look-up per desired key: positions of the snapshot row, -1 when none.
+        pos = pd.Index(have["event_key"]).get_indexer(want["event_key"])
+        matched = pos >= 0
+        at = pos[matched]
+        old = {c: have[c].to_numpy()[at] for c in ("calendar", "legal_entity", "partition_date")}
+        old_fp = have["fingerprint"].to_numpy(dtype="int64")[at]
+        both = want[matched]
+        moved_calendar = both["calendar"].to_numpy() != old["calendar"]
+        changed = ~moved_calendar & (both["fingerprint"].to_numpy(dtype="int64") != old_fp)
+        same = ~moved_calendar & ~changed
+        relocated = same & (
+            (both["legal_entity"].to_numpy() != old["legal_entity"])
+            | (both["partition_date"].to_numpy() != old["partition_date"])
+        )
+        gone = np.ones(len(have), dtype=bool)
+        gone[at] = False
+        gone_rows = have[gone]
+        moved_from = have.iloc[at[moved_calendar]]
+        parts += [
+            _deletes(pd.concat([gone_rows, moved_from]) if len(moved_from) else gone_rows),
+            _as_changes(both[changed], "update", have.iloc[at[changed]]),
+            _as_changes(pd.concat([want[~matched], both[moved_calendar]]), "create", None),
+        ]
+        relocations.append(both.loc[relocated, ["target", "event_key", "legal_entity", "partition_date"]])
+        unchanged.append(
+            both[same].groupby("legal_entity").size().rename("unchanged").reset_index().assign(target=target)
+        )
+    parts = [p for p in parts if len(p)]
     # Deletes first: a leave moving between calendars frees its key before it is recreated.
-    order = changes["op"].map({"delete": 0, "update": 1, "create": 2})
-    changes = changes.assign(_o=order).sort_values("_o", kind="stable").drop(columns="_o")
-    changes = changes.reset_index(drop=True)
-
-    relocations = merged.loc[relocated, ["target", "event_key", "legal_entity", "partition_date"]]
-    unchanged = (
-        merged[unchanged_mask].groupby(["target", "legal_entity"]).size().rename("unchanged").reset_index()
+    changes = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(CHANGE_COLUMNS))
+    reloc = [r for r in relocations if len(r)]
+    kept = [u for u in unchanged if len(u)]
+    return Diff(
+        changes,
+        pd.concat(reloc, ignore_index=True) if reloc else pd.DataFrame(columns=["target", "event_key", "legal_entity", "partition_date"]),
+        pd.concat(kept, ignore_index=True)[["target", "legal_entity", "unchanged"]] if kept else pd.DataFrame(columns=["target", "legal_entity", "unchanged"]),
     )
-    return Diff(changes, relocations.reset_index(drop=True), unchanged)
 
 
-def _as_changes(rows: pd.DataFrame, op: str, keep_ids: bool) -> pd.DataFrame:
+def _as_changes(rows: pd.DataFrame, op: str, snapshot_rows: pd.DataFrame | None) -> pd.DataFrame:
+    """Create/update rows; updates carry the provider's event id and version from the snapshot."""
     if rows.empty:
         return pd.DataFrame(columns=list(CHANGE_COLUMNS))
     out = rows[list(EVENT_COLUMNS)].copy()
     out.insert(0, "op", op)
-    out["provider_event_id"] = rows["provider_event_id"] if keep_ids else None
-    out["version"] = rows["version"] if keep_ids else None
+    out["provider_event_id"] = None if snapshot_rows is None else snapshot_rows["provider_event_id"].to_numpy()
+    out["version"] = None if snapshot_rows is None else snapshot_rows["version"].to_numpy()
     return out
 
 
@@ -112,10 +119,10 @@ def _deletes(rows: pd.DataFrame) -> pd.DataFrame:
             "op": "delete",
             "target": rows["target"],
             "event_key": rows["event_key"],
-            "leave_id": rows["leave_id_snap"],
-            "calendar": rows["calendar_snap"],
-            "legal_entity": rows["legal_entity_snap"],
-            "partition_date": rows["partition_date_snap"],
+            "leave_id": rows["leave_id"],
+            "calendar": rows["calendar"],
+            "legal_entity": rows["legal_entity"],
+            "partition_date": rows["partition_date"],
         }
     )
     for name in (*FINGERPRINT_FIELDS, "fingerprint"):
