@@ -19,7 +19,7 @@ ASSET_NAME = "diff"
 WRITE_FIELDS = ("leave_id", "title", "start", "end", "timezone", "fingerprint")
 STATUSES = ("confirmed", "tentative")
 SHOW_AS = ("oof", "busy", "tentative", "free")
-ISO_DATE_OR_TIME = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2})?)?$"
+ISO_DATE_OR_TIME = r"^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2})?)?$"
 # How many failing event keys a failure message and the check metadata show.
 SAMPLE = 10
 
