@@ -402,6 +402,10 @@ class EwsCalendarProvider(CalendarProvider):
             # Per-instance overrides of exchangelib's class-wide timing knobs.
             protocol.TIMEOUT = settings.timeout
             protocol.RETRY_WAIT = settings.backoff_base
+            # exchangelib's decrease_poolsize() (on ErrorServerBusy) calls get_session() while
+            # holding this plain Lock, and get_session() may call increase_poolsize(), which
+            # takes it again: with several mailboxes in flight that deadlocks. Re-entrant fixes it.
+            protocol._session_pool_lock = threading.RLock()
             self._config = config
             return config
 

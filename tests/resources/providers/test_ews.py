@@ -673,3 +673,23 @@ def test_an_unwritable_event_fails_alone(
     ] == ["leave-3"]
     for key in ("leave-1", "leave-2"):
         assert not results[key].ok and results[key].permanent and key in results[key].error
+
+
+def test_server_busy_pool_shrink_cannot_deadlock(
+    make_provider: Callable[..., EwsCalendarProvider],
+) -> None:
+    import threading
+
+    from exchangelib.protocol import Protocol
+
+    provider = make_provider(concurrent_mailboxes=4)
+    protocol = Protocol(config=provider._configuration())
+    held = [protocol.get_session(), protocol.get_session()]  # two mailboxes in flight
+    # exchangelib shrinks its pool on ErrorServerBusy; with every session busy it used to
+    # re-take its own lock and hang for ever.
+    shrink = threading.Thread(target=protocol.decrease_poolsize, daemon=True)
+    shrink.start()
+    shrink.join(10)
+    assert not shrink.is_alive()
+    for session in held:
+        protocol.release_session(session)
