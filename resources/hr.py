@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
+from operator import methodcaller
 
 import pandas as pd
 import sqlalchemy as sa
@@ -191,50 +192,85 @@ class HRDatabase(ConfigurableResource):
             ) from err
 
 
+_TIME_TEXT = r"^\d{2}:\d{2}:\d{2}"
+_DATE_TEXT = r"^\d{4}-\d{2}-\d{2}"
+
+
+def _kind(values: pd.Series) -> str:
+    return pd.api.types.infer_dtype(values, skipna=True)
+
+
 def _time_text(values: pd.Series) -> pd.Series:
     """TIME values as 'HH:MM:SS' text, whatever the driver returned (time, timedelta, str)."""
+    present = values.notna()
+    if not present.any():
+        return pd.Series(None, index=values.index, dtype=object)
+    kind = _kind(values)
+    if kind == "time":
+        out = values.map(methodcaller("strftime", "%H:%M:%S"), na_action="ignore")
+    elif kind == "string" and values[present].str.match(_TIME_TEXT).all():
+        out = values.str.slice(0, 8)  # SQLite: 'HH:MM:SS.ffffff'
+    else:
+        out = values.map(_one_time, na_action="ignore")
+    return out.astype("object").where(present, None)
 
-    def one(v: object) -> object:
-        if v is None or (isinstance(v, float) and pd.isna(v)) or v is pd.NaT:
-            return None
-        if isinstance(v, dt.time):
-            return v.strftime("%H:%M:%S")
-        if isinstance(v, dt.timedelta):
-            secs = int(v.total_seconds())
-            return f"{secs // 3600:02d}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
-        text = str(v).strip()
-        m = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?", text)
-        return f"{int(m[1]):02d}:{m[2]}:{m[3] or '00'}" if m else text
 
-    return values.map(one, na_action="ignore").astype("object").where(values.notna(), None)
+def _one_time(v: object) -> object:
+    if isinstance(v, dt.time):
+        return v.strftime("%H:%M:%S")
+    if isinstance(v, dt.timedelta):  # MySQL/MariaDB TIME
+        secs = int(v.total_seconds())
+        return f"{secs // 3600:02d}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
+    text = str(v).strip()
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?", text)
+    return f"{int(m[1]):02d}:{m[2]}:{m[3] or '00'}" if m else text
 
 
 def _date_text(values: pd.Series) -> pd.Series:
     """DATE values as 'YYYY-MM-DD' text (the raw text is kept when it is not a date)."""
+    present = values.notna()
+    if not present.any():
+        return pd.Series(None, index=values.index, dtype=object)
+    kind = _kind(values)
+    if kind == "date":
+        out = values.map(dt.date.isoformat, na_action="ignore")
+    elif kind == "string" and values[present].str.match(_DATE_TEXT).all():
+        out = values.str.slice(0, 10)  # SQLite stores dates as text
+    else:
+        out = values.map(_one_date, na_action="ignore")
+    return out.astype("object").where(present, None)
 
-    def one(v: object) -> object:
-        if isinstance(v, dt.datetime):
-            return v.date().isoformat()
-        if isinstance(v, dt.date):
-            return v.isoformat()
-        return str(v).strip()[:10] if re.match(r"\d{4}-\d{2}-\d{2}", str(v).strip()) else str(v)
 
-    return values.map(one, na_action="ignore").astype("object").where(values.notna(), None)
+def _one_date(v: object) -> object:
+    if isinstance(v, dt.datetime):
+        return v.date().isoformat()
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    text = str(v).strip()
+    return text[:10] if re.match(_DATE_TEXT, text) else text
 
 
 def _flag(values: pd.Series, default: bool) -> pd.Series:
-    def one(v: object) -> bool:
-        if v is None or (isinstance(v, float) and pd.isna(v)):
-            return default
-        if isinstance(v, str):
-            return v.strip().lower() in ("1", "true", "t", "yes", "y")
-        return bool(v)
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_integer_dtype(values):
+        return values.astype(bool)
+    if _kind(values) in ("boolean", "integer", "empty"):
+        return values.fillna(default).astype(bool)
+    return values.map(lambda v: _one_flag(v, default)).astype(bool)
 
-    return values.map(one).astype(bool)
+
+def _one_flag(v: object, default: bool) -> bool:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return default
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "t", "yes", "y")
+    return bool(v)
 
 
 def _text(values: pd.Series) -> pd.Series:
-    return values.map(lambda v: str(v), na_action="ignore").astype("object").where(values.notna(), None)
+    present = values.notna()
+    if _kind(values) == "string":
+        return values.astype("object").where(present, None)
+    return values.map(str, na_action="ignore").astype("object").where(present, None)
 
 
 def normalise_extract(raw: pd.DataFrame) -> pd.DataFrame:
@@ -249,15 +285,16 @@ def normalise_extract(raw: pd.DataFrame) -> pd.DataFrame:
     for col in ("leave_id", "employee_id", "employee_email", "employee_name", "legal_entity",
                 "timezone", "leave_type", "leave_type_name", "status", "start_half", "end_half"):
         out[col] = _text(raw[col])
-    out["employee_email"] = out["employee_email"].map(str.strip, na_action="ignore")
-    out["status"] = out["status"].map(lambda s: s.strip().lower(), na_action="ignore")
+    out["employee_email"] = _stripped(out["employee_email"])
+    out["status"] = _stripped(out["status"]).str.lower().astype("object")
     for col in ("start_half", "end_half"):
-        out[col] = out[col].map(lambda s: s.strip().upper() or None, na_action="ignore")
+        half = _stripped(out[col]).str.upper()
+        out[col] = half.where(half.notna() & half.ne(""), None).astype("object")
     out["start_date"] = _date_text(raw["start_date"])
     out["end_date"] = _date_text(raw["end_date"])
     for col in ("start_time", "end_time"):
         out[col] = _time_text(raw[col])
-    out["updated_at"] = raw["updated_at"].map(str, na_action="ignore")
+    out["updated_at"] = _text(raw["updated_at"])
     out["sensitive"] = _flag(raw["sensitive"], False)
     out["sync_enabled"] = _flag(raw["sync_enabled"], True)
     out["active"] = _flag(raw["active"], True) if "active" in raw else True
@@ -278,6 +315,10 @@ def normalise_extract(raw: pd.DataFrame) -> pd.DataFrame:
         else raw["timezone"].notna()
     )
     return out
+
+
+def _stripped(values: pd.Series) -> pd.Series:
+    return values.astype("str").str.strip().where(values.notna(), None).astype("object")
 
 
 def known_ids(values: Iterable[object]) -> list[str]:
