@@ -84,19 +84,32 @@ def compute_diff(
             _as_changes(both[changed], "update", have.iloc[at[changed]]),
             _as_changes(pd.concat([want[~matched], both[moved_calendar]]), "create", None),
         ]
-        relocations.append(both.loc[relocated, ["target", "event_key", "legal_entity", "partition_date"]])
+        relocations.append(
+            both.loc[relocated, ["target", "event_key", "legal_entity", "partition_date"]]
+        )
         unchanged.append(
-            both[same].groupby("legal_entity").size().rename("unchanged").reset_index().assign(target=target)
+            both[same]
+            .groupby("legal_entity")
+            .size()
+            .rename("unchanged")
+            .reset_index()
+            .assign(target=target)
         )
     parts = [p for p in parts if len(p)]
     # Deletes first: a leave moving between calendars frees its key before it is recreated.
-    changes = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(CHANGE_COLUMNS))
+    changes = (
+        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(CHANGE_COLUMNS))
+    )
     reloc = [r for r in relocations if len(r)]
     kept = [u for u in unchanged if len(u)]
     return Diff(
         changes,
-        pd.concat(reloc, ignore_index=True) if reloc else pd.DataFrame(columns=["target", "event_key", "legal_entity", "partition_date"]),
-        pd.concat(kept, ignore_index=True)[["target", "legal_entity", "unchanged"]] if kept else pd.DataFrame(columns=["target", "legal_entity", "unchanged"]),
+        pd.concat(reloc, ignore_index=True)
+        if reloc
+        else pd.DataFrame(columns=["target", "event_key", "legal_entity", "partition_date"]),
+        pd.concat(kept, ignore_index=True)[["target", "legal_entity", "unchanged"]]
+        if kept
+        else pd.DataFrame(columns=["target", "legal_entity", "unchanged"]),
     )
 
 
@@ -106,7 +119,9 @@ def _as_changes(rows: pd.DataFrame, op: str, snapshot_rows: pd.DataFrame | None)
         return pd.DataFrame(columns=list(CHANGE_COLUMNS))
     out = rows[list(EVENT_COLUMNS)].copy()
     out.insert(0, "op", op)
-    out["provider_event_id"] = None if snapshot_rows is None else snapshot_rows["provider_event_id"].to_numpy()
+    out["provider_event_id"] = (
+        None if snapshot_rows is None else snapshot_rows["provider_event_id"].to_numpy()
+    )
     out["version"] = None if snapshot_rows is None else snapshot_rows["version"].to_numpy()
     return out
 

@@ -1,8 +1,14 @@
 """hr_leaves: one parameterised extract per legal entity and date range of the run."""
 
-
 import pandas as pd
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, MetadataValue, Output, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    MetadataValue,
+    Output,
+    asset,
+)
 
 from pipelines.partitions import scopes_from_keys
 from resources.hr import HRDatabase
@@ -35,7 +41,9 @@ def build_hr_leaves(partitions_def) -> AssetsDefinition:
         for scope in scopes:
             context.log.info(f"extracting {scope.label()}")
         leaves = extract_scope(hr, scopes)
-        by_status = leaves["status"].fillna("(null)").value_counts().to_dict() if len(leaves) else {}
+        by_status = (
+            leaves["status"].fillna("(null)").value_counts().to_dict() if len(leaves) else {}
+        )
         return Output(
             leaves,
             metadata={

@@ -90,10 +90,14 @@ def render_events(leaves: pd.DataFrame, target: TargetConfig, rules: EventRules)
     timed_end = end_date + "T" + work_end.where(~ends_am, midday)
     out["all_day"] = ~timed
     out["start"] = np.where(
-        hourly, start_date + "T" + df["start_time"].fillna(""), np.where(timed, timed_start, start_date)
+        hourly,
+        start_date + "T" + df["start_time"].fillna(""),
+        np.where(timed, timed_start, start_date),
     )
     out["end"] = np.where(
-        hourly, start_date + "T" + df["end_time"].fillna(""), np.where(timed, timed_end, day_after_end)
+        hourly,
+        start_date + "T" + df["end_time"].fillna(""),
+        np.where(timed, timed_end, day_after_end),
     )
     out["timezone"] = df["timezone"].astype(str)
 
@@ -138,4 +142,6 @@ def payloads(events: pd.DataFrame) -> Iterator[EventPayload]:
         values = {c: getattr(row, c) for c in cols}
         # Plain Python values: payloads are stored as JSON and compared after read-back.
         values["all_day"], values["private"] = bool(values["all_day"]), bool(values["private"])
-        yield EventPayload(**{k: v if not isinstance(v, str) else str(v) for k, v in values.items()})
+        yield EventPayload(
+            **{k: v if not isinstance(v, str) else str(v) for k, v in values.items()}
+        )

@@ -1,6 +1,5 @@
 """calendar_sync: apply the diff to each target, recording each confirmed change in the snapshot."""
 
-
 import logging
 import time
 from collections.abc import Callable
@@ -51,7 +50,8 @@ class SyncOutcome:
 
     def frame(self) -> pd.DataFrame:
         rows = [
-            {"target": t, "legal_entity": e, "op": o, "n": n} for (t, e, o), n in self.applied.items()
+            {"target": t, "legal_entity": e, "op": o, "n": n}
+            for (t, e, o), n in self.applied.items()
         ]
         return pd.DataFrame(rows, columns=["target", "legal_entity", "op", "n"])
 
@@ -93,7 +93,9 @@ def apply_diff(
         log.info(f"target {target}: applying {len(frame)} changes")
         try:
             for result in provider.apply(changes_for(frame)):
-                row = rows_by_key[(result.change.op, result.change.event_key, result.change.calendar)]
+                row = rows_by_key[
+                    (result.change.op, result.change.event_key, result.change.calendar)
+                ]
                 done += 1
                 if result.ok:
                     pending.append((result, _snapshot_row(str(target), row, result)))
@@ -110,7 +112,9 @@ def apply_diff(
                             "error": result.error or "",
                         }
                     )
-                    log.warning(f"target {target}: {row.op} {row.event_key} for {row.calendar} failed: {result.error}")
+                    log.warning(
+                        f"target {target}: {row.op} {row.event_key} for {row.calendar} failed: {result.error}"
+                    )
                 if len(pending) >= FLUSH_EVERY or time.monotonic() - last_flush > FLUSH_SECONDS:
                     state.record_changes(str(target), pending, run_id)
                     pending, last_flush = [], time.monotonic()
@@ -141,7 +145,11 @@ def _snapshot_row(target: str, row, result: ChangeResult) -> SnapshotRow | None:
 
 
 def _opt(value: object) -> str | None:
-    return None if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA else str(value)
+    return (
+        None
+        if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA
+        else str(value)
+    )
 
 
 def sync_summary(plan: LeaveDiff, outcome: SyncOutcome) -> pd.DataFrame:
@@ -169,7 +177,10 @@ def build_calendar_sync(partitions_def, target_names: list[str]) -> AssetsDefini
         description="Applies the diff to every calendar target and updates the snapshot per change.",
     )
     def calendar_sync(
-        context: AssetExecutionContext, plan: LeaveDiff, state: StateStore, settings: LeavesyncSettings
+        context: AssetExecutionContext,
+        plan: LeaveDiff,
+        state: StateStore,
+        settings: LeavesyncSettings,
     ) -> MaterializeResult:
         if plan.refused:
             raise Failure(description="\n".join(r.message() for r in plan.refusals))

@@ -70,7 +70,9 @@ def change_one_percent(url: str, today: dt.date, seed: int = 5) -> dict[str, int
     with engine.begin() as conn:
         n = conn.execute(sa.select(sa.func.count()).select_from(demo.leaves)).scalar_one()
         max_id = conn.execute(sa.select(sa.func.max(demo.leaves.c.id))).scalar_one()
-        employees = conn.execute(sa.select(sa.func.count()).select_from(demo.employees)).scalar_one()
+        employees = conn.execute(
+            sa.select(sa.func.count()).select_from(demo.employees)
+        ).scalar_one()
         quarter = max(1, n // 400)
         ids = rng.sample(range(1, max_id + 1), 3 * quarter)
         edits, cancels, moves = ids[:quarter], ids[quarter : 2 * quarter], ids[2 * quarter :]
@@ -80,14 +82,36 @@ def change_one_percent(url: str, today: dt.date, seed: int = 5) -> dict[str, int
             [{"b_id": i} for i in cancels],
         )
         shift = sa.bindparam("b_s"), sa.bindparam("b_e")
-        move = t.update().where(t.c.id == sa.bindparam("b_id")).values(start_date=shift[0], end_date=shift[1])
-        rows = conn.execute(sa.select(t.c.id, t.c.start_date, t.c.end_date).where(t.c.id.in_(edits))).all()
-        conn.execute(move, [{"b_id": r.id, "b_s": _d(r.start_date), "b_e": _d(r.end_date) + dt.timedelta(days=1)} for r in rows])
-        rows = conn.execute(sa.select(t.c.id, t.c.start_date, t.c.end_date).where(t.c.id.in_(moves))).all()
+        move = (
+            t.update()
+            .where(t.c.id == sa.bindparam("b_id"))
+            .values(start_date=shift[0], end_date=shift[1])
+        )
+        rows = conn.execute(
+            sa.select(t.c.id, t.c.start_date, t.c.end_date).where(t.c.id.in_(edits))
+        ).all()
         conn.execute(
             move,
             [
-                {"b_id": r.id, "b_s": _d(r.start_date) + dt.timedelta(days=d), "b_e": _d(r.end_date) + dt.timedelta(days=d)}
+                {
+                    "b_id": r.id,
+                    "b_s": _d(r.start_date),
+                    "b_e": _d(r.end_date) + dt.timedelta(days=1),
+                }
+                for r in rows
+            ],
+        )
+        rows = conn.execute(
+            sa.select(t.c.id, t.c.start_date, t.c.end_date).where(t.c.id.in_(moves))
+        ).all()
+        conn.execute(
+            move,
+            [
+                {
+                    "b_id": r.id,
+                    "b_s": _d(r.start_date) + dt.timedelta(days=d),
+                    "b_e": _d(r.end_date) + dt.timedelta(days=d),
+                }
                 for r, d in ((r, rng.randint(7, 60)) for r in rows)
             ],
         )
@@ -155,8 +179,8 @@ class StageClock:
         setattr(owner, name, timed)
 
     def install(self) -> None:
-        import assets.leave_diff as leave_diff
         import assets.extract as extract
+        import assets.leave_diff as leave_diff
         from resources.providers import ics
         from resources.state import StateStore
 
@@ -190,15 +214,27 @@ def run_scenario(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     entities = args.entity or None
     start = time.perf_counter()
-    runs = reconcile(cfg, entities, dt.date.fromisoformat(args.date_from), dt.date.fromisoformat(args.date_to),
-                     progress=lambda m: None)
+    runs = reconcile(
+        cfg,
+        entities,
+        dt.date.fromisoformat(args.date_from),
+        dt.date.fromisoformat(args.date_to),
+        progress=lambda m: None,
+    )
     wall = time.perf_counter() - start
     import resource
 
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     stages = sum(clock.seconds.values())
     summary = [r.summary for r in runs if r.summary is not None]
-    totals = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0, "quarantined": 0, "failed": 0}
+    totals = {
+        "created": 0,
+        "updated": 0,
+        "deleted": 0,
+        "unchanged": 0,
+        "quarantined": 0,
+        "failed": 0,
+    }
     for frame in summary:
         for col in totals:
             if col in frame:
@@ -221,10 +257,22 @@ def run_scenario(args: argparse.Namespace) -> None:
     )
 
 
-def spawn(config: Path, date_from: dt.date, date_to: dt.date, entities: list[str], env: dict) -> dict:
+def spawn(
+    config: Path, date_from: dt.date, date_to: dt.date, entities: list[str], env: dict
+) -> dict:
     """Run one scenario in a child; add its peak RSS (from wait4) to its figures."""
-    cmd = [sys.executable, "-m", "bench.scale", "--run-scenario", "--config", str(config),
-           "--from", date_from.isoformat(), "--to", date_to.isoformat()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.scale",
+        "--run-scenario",
+        "--config",
+        str(config),
+        "--from",
+        date_from.isoformat(),
+        "--to",
+        date_to.isoformat(),
+    ]
     for e in entities:
         cmd += ["--entity", e]
     proc = subprocess.run(cmd, capture_output=True, env=env, text=True)
@@ -256,7 +304,15 @@ def diff_throughput(rows: int) -> dict[str, float]:
     desired["fingerprint"] = fingerprint_texts(("t\x1f" + keys).to_numpy(dtype=object))
     fp_seconds = time.perf_counter() - start
     snap = pd.DataFrame({c: None for c in SNAPSHOT_COLUMNS}, index=range(rows))
-    for c in ("target", "event_key", "leave_id", "calendar", "legal_entity", "partition_date", "fingerprint"):
+    for c in (
+        "target",
+        "event_key",
+        "leave_id",
+        "calendar",
+        "legal_entity",
+        "partition_date",
+        "fingerprint",
+    ):
         snap[c] = desired[c]
     snap.loc[snap.index % 100 == 0, "fingerprint"] = 0
     start = time.perf_counter()
@@ -316,17 +372,28 @@ def main() -> None:
     cfg = {
         "hr": {"url": hr_url},
         "state": {"url": f"sqlite:///{work / 'state.sqlite'}"},
-        "window": {"lookback_days": args.lookback, "horizon_days": args.horizon,
-                   "partitions_start": (today - dt.timedelta(days=args.backfill_days)).isoformat()},
+        "window": {
+            "lookback_days": args.lookback,
+            "horizon_days": args.horizon,
+            "partitions_start": (today - dt.timedelta(days=args.backfill_days)).isoformat(),
+        },
         "safety": {"max_delete_share": 1.0},
     }
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "LEAVESYNC_HOME": str(work), "DAGSTER_HOME": str(work / "dagster"),
-           "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "LEAVESYNC_HOME": str(work),
+        "DAGSTER_HOME": str(work / "dagster"),
+        "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
+        "PYTHONWARNINGS": "ignore",
+    }
 
-    print(f"loading HR: {args.entities} entities, {args.employees} employees, {args.leaves} leaves "
-          f"into {hr_url.split('@')[-1]}", flush=True)
+    print(
+        f"loading HR: {args.entities} entities, {args.employees} employees, {args.leaves} leaves "
+        f"into {hr_url.split('@')[-1]}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     counts = load_hr(hr_url, today, args.entities, args.employees, args.leaves)
     load_s = time.perf_counter() - t0
@@ -338,7 +405,14 @@ def main() -> None:
         ("1 first nightly", window, []),
         ("2 nothing changed", window, []),
         ("3 1% changed", window, []),
-        ("4 one entity backfill", (today - dt.timedelta(days=args.backfill_days), today + dt.timedelta(days=args.horizon)), ["FR"]),
+        (
+            "4 one entity backfill",
+            (
+                today - dt.timedelta(days=args.backfill_days),
+                today + dt.timedelta(days=args.horizon),
+            ),
+            ["FR"],
+        ),
     ]
     for name, (date_from, date_to), entities in plan:
         if name[0] in args.skip:
@@ -348,15 +422,27 @@ def main() -> None:
         print(f"scenario {name} ...", flush=True)
         results[name] = spawn(config, date_from, date_to, entities, env)
         r = results[name]
-        print(f"  {r['wall_s']:.1f}s, {r['peak_rss_mib']:.0f} MiB, {r['runs']} runs, "
-              f"changes {r['created']}/{r['updated']}/{r['deleted']}", flush=True)
+        print(
+            f"  {r['wall_s']:.1f}s, {r['peak_rss_mib']:.0f} MiB, {r['runs']} runs, "
+            f"changes {r['created']}/{r['updated']}/{r['deleted']}",
+            flush=True,
+        )
     diff_rows = 20_000 if args.smoke else 1_000_000
     results["diff"] = diff_throughput(diff_rows)
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "platform": platform.platform(), "hr": hr_url.split(":")[0],
-                          "dagster_storage": "postgres" if args.dagster_postgres else "sqlite"}
-    results["scale"] = {"entities": args.entities, "employees": args.employees, "leaves": args.leaves,
-                        "load_s": load_s, "date": today.isoformat()}
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hr": hr_url.split(":")[0],
+        "dagster_storage": "postgres" if args.dagster_postgres else "sqlite",
+    }
+    results["scale"] = {
+        "entities": args.entities,
+        "employees": args.employees,
+        "leaves": args.leaves,
+        "load_s": load_s,
+        "date": today.isoformat(),
+    }
     print_table(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -372,20 +458,42 @@ def print_table(results: dict[str, Any]) -> None:
         touched = r["created"] + r["updated"] + r["deleted"] + r["unchanged"]
         stages = r["stages_s"]
         slowest = max(stages, key=stages.get)
-        rows.append((name, f"{r['wall_s']:.1f}", f"{r['peak_rss_mib']:.0f}",
-                     f"{touched / r['wall_s']:.0f}", str(r["files_written"]), str(r["changes_sent"]),
-                     f"{r['created']}/{r['updated']}/{r['deleted']}", f"{r['dagster_s_per_run']:.1f}",
-                     f"{slowest} {stages[slowest]:.1f}s"))
-    head = ("scenario", "wall s", "peak MiB", "events/s", "files written", "changes sent",
-            "c/u/d", "dagster s/run", "slowest stage")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        rows.append(
+            (
+                name,
+                f"{r['wall_s']:.1f}",
+                f"{r['peak_rss_mib']:.0f}",
+                f"{touched / r['wall_s']:.0f}",
+                str(r["files_written"]),
+                str(r["changes_sent"]),
+                f"{r['created']}/{r['updated']}/{r['deleted']}",
+                f"{r['dagster_s_per_run']:.1f}",
+                f"{slowest} {stages[slowest]:.1f}s",
+            )
+        )
+    head = (
+        "scenario",
+        "wall s",
+        "peak MiB",
+        "events/s",
+        "files written",
+        "changes sent",
+        "c/u/d",
+        "dagster s/run",
+        "slowest stage",
+    )
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)
+    ]
     print()
     print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     d = results["diff"]
-    print(f"\ndiff alone: {d['rows']} rows in {d['diff_s']:.2f}s = {d['diff_rows_per_s']:,.0f} rows/s; "
-          f"fingerprints {d['fingerprint_rows_per_s']:,.0f} rows/s")
+    print(
+        f"\ndiff alone: {d['rows']} rows in {d['diff_s']:.2f}s = {d['diff_rows_per_s']:,.0f} rows/s; "
+        f"fingerprints {d['fingerprint_rows_per_s']:,.0f} rows/s"
+    )
     s2, s3 = results.get("2 nothing changed"), results.get("3 1% changed")
     if s2 and s3:
         print(f"scenario 3 / scenario 2 wall time: {s3['wall_s'] / s2['wall_s']:.2f}")

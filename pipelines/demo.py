@@ -69,11 +69,53 @@ LEAVE_TYPES = [
     ("TRAINING", "Training", False),
     ("PARENTAL", "Parental leave", False),
 ]
-FIRST = ["Alice", "Bruno", "Chloé", "Dmitri", "Emma", "Farid", "Grace", "Hiro", "Inès", "João",
-         "Kenji", "Léa", "Mateo", "Nadia", "Olivier", "Priya", "Quentin", "Rosa", "Sven", "Tomoko",
-         "Ugo", "Valentina", "Wei", "Yasmine", "Zoé"]
-LAST = ["Martin", "Bernard", "Smith", "Johnson", "Sato", "Suzuki", "Silva", "Santos", "Nguyen",
-        "Müller", "García", "O'Brien", "Dubois", "Kowalski", "Rossi", "Tanaka", "Costa", "Brown"]
+FIRST = [
+    "Alice",
+    "Bruno",
+    "Chloé",
+    "Dmitri",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Inès",
+    "João",
+    "Kenji",
+    "Léa",
+    "Mateo",
+    "Nadia",
+    "Olivier",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Sven",
+    "Tomoko",
+    "Ugo",
+    "Valentina",
+    "Wei",
+    "Yasmine",
+    "Zoé",
+]
+LAST = [
+    "Martin",
+    "Bernard",
+    "Smith",
+    "Johnson",
+    "Sato",
+    "Suzuki",
+    "Silva",
+    "Santos",
+    "Nguyen",
+    "Müller",
+    "García",
+    "O'Brien",
+    "Dubois",
+    "Kowalski",
+    "Rossi",
+    "Tanaka",
+    "Costa",
+    "Brown",
+]
 
 
 @dataclass(frozen=True)
@@ -99,6 +141,7 @@ def _entities(n: int) -> list[tuple]:
 
 def dst_days(year: int) -> list[dt.date]:
     """The days clocks change in Europe (last Sundays of March and October) and the US."""
+
     def last_sunday(month: int) -> dt.date:
         d = dt.date(year, month + 1, 1) - dt.timedelta(days=1)
         return d - dt.timedelta(days=(d.weekday() + 1) % 7)
@@ -198,19 +241,43 @@ def generate(today: dt.date, scale: Scale = Scale(), seed: int = 7) -> dict[str,
 
 def demo_bad_rows(today: dt.date, first_id: int) -> list[dict]:
     """A few rows real HR databases contain, for the demo to show quarantine at work."""
-    base = {"leave_type": "PTO", "status": "approved", "start_half": None, "end_half": None,
-            "start_time": None, "end_time": None,
-            "updated_at": dt.datetime.combine(today, dt.time(6, 0))}
+    base = {
+        "leave_type": "PTO",
+        "status": "approved",
+        "start_half": None,
+        "end_half": None,
+        "start_time": None,
+        "end_time": None,
+        "updated_at": dt.datetime.combine(today, dt.time(6, 0)),
+    }
     d = today + dt.timedelta(days=10)
     return [
         {**base, "id": first_id, "employee_id": 999_999, "start_date": d, "end_date": d},
-        {**base, "id": first_id + 1, "employee_id": 1, "start_date": d, "end_date": d - dt.timedelta(days=3)},
-        {**base, "id": first_id + 2, "employee_id": 2, "leave_type": "NOPE", "start_date": d, "end_date": d},
+        {
+            **base,
+            "id": first_id + 1,
+            "employee_id": 1,
+            "start_date": d,
+            "end_date": d - dt.timedelta(days=3),
+        },
+        {
+            **base,
+            "id": first_id + 2,
+            "employee_id": 2,
+            "leave_type": "NOPE",
+            "start_date": d,
+            "end_date": d,
+        },
     ]
 
 
-def seed(engine: sa.Engine, today: dt.date, scale: Scale = Scale(), seed: int = 7,
-         with_bad_rows: bool = False) -> dict[str, int]:
+def seed(
+    engine: sa.Engine,
+    today: dt.date,
+    scale: Scale = Scale(),
+    seed: int = 7,
+    with_bad_rows: bool = False,
+) -> dict[str, int]:
     """Create the reference schema and fill it (replacing what was there)."""
     create_reference_schema(engine)
     data = generate(today, scale, seed)

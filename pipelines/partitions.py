@@ -27,7 +27,9 @@ def leave_partitions(cfg: AppConfig) -> MultiPartitionsDefinition:
         # The last partition is today + horizon: end_offset=1 already reaches today.
         end_offset=cfg.window.horizon_days + 1,
     )
-    return MultiPartitionsDefinition({DATE_DIMENSION: dates, ENTITY_DIMENSION: legal_entity_partitions})
+    return MultiPartitionsDefinition(
+        {DATE_DIMENSION: dates, ENTITY_DIMENSION: legal_entity_partitions}
+    )
 
 
 def range_tags(entity_key: str, date_from: dt.date, date_to: dt.date) -> dict[str, str]:

@@ -1,6 +1,5 @@
 """The nightly reconciliation: one run per legal entity over [today - lookback, today + horizon]."""
 
-
 import datetime as dt
 from zoneinfo import ZoneInfo
 
@@ -17,7 +16,9 @@ def nightly_window(cfg: AppConfig, today: dt.date) -> tuple[dt.date, dt.date]:
     return start, today + dt.timedelta(days=cfg.window.horizon_days)
 
 
-def nightly_run_requests(cfg: AppConfig, entity_keys: list[str], today: dt.date) -> list[RunRequest]:
+def nightly_run_requests(
+    cfg: AppConfig, entity_keys: list[str], today: dt.date
+) -> list[RunRequest]:
     date_from, date_to = nightly_window(cfg, today)
     return [
         RunRequest(

@@ -1,6 +1,5 @@
 """Keeps the legal_entity partitions in step with the HR database's legal entities."""
 
-
 from dagster import SensorEvaluationContext, SensorResult, sensor
 
 from pipelines.partitions import legal_entity_partitions
@@ -19,7 +18,9 @@ def build_entity_sensor(hr: HRDatabase):
         if new:
             context.log.info(f"new legal entities: {', '.join(new)}")
         return SensorResult(
-            dynamic_partitions_requests=[legal_entity_partitions.build_add_request(new)] if new else []
+            dynamic_partitions_requests=[legal_entity_partitions.build_add_request(new)]
+            if new
+            else []
         )
 
     return legal_entities_from_hr

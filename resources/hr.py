@@ -95,7 +95,9 @@ class HRDatabase(ConfigurableResource):
         """Fail early, naming them, when a custom SELECT lacks canonical columns."""
         if self._query_checked or not self.query:
             return
-        probe = self._read(sa.text(f"SELECT * FROM {self._source()} WHERE 1 = 0"), {}, "custom query")
+        probe = self._read(
+            sa.text(f"SELECT * FROM {self._source()} WHERE 1 = 0"), {}, "custom query"
+        )
         missing = [c for c in CANONICAL_COLUMNS if c not in probe.columns]
         if missing:
             raise HRExtractError(
@@ -171,9 +173,9 @@ class HRDatabase(ConfigurableResource):
             values: list[object] = (
                 [int(i) for i in chunk] if all(i.isdigit() for i in chunk) else list(chunk)
             )
-            stmt = sa.text(
-                f"SELECT * FROM {self._source()} WHERE src.leave_id IN :ids"
-            ).bindparams(sa.bindparam("ids", expanding=True))
+            stmt = sa.text(f"SELECT * FROM {self._source()} WHERE src.leave_id IN :ids").bindparams(
+                sa.bindparam("ids", expanding=True)
+            )
             frames.append(self._read(stmt, {"ids": values}, "look-up of moved leaves"))
         if not frames:
             return normalise_extract(pd.DataFrame(columns=list(CANONICAL_COLUMNS)))
@@ -282,8 +284,19 @@ def normalise_extract(raw: pd.DataFrame) -> pd.DataFrame:
         )
     out = pd.DataFrame(index=range(len(raw)))
     raw = raw.reset_index(drop=True)
-    for col in ("leave_id", "employee_id", "employee_email", "employee_name", "legal_entity",
-                "timezone", "leave_type", "leave_type_name", "status", "start_half", "end_half"):
+    for col in (
+        "leave_id",
+        "employee_id",
+        "employee_email",
+        "employee_name",
+        "legal_entity",
+        "timezone",
+        "leave_type",
+        "leave_type_name",
+        "status",
+        "start_half",
+        "end_half",
+    ):
         out[col] = _text(raw[col])
     out["employee_email"] = _stripped(out["employee_email"])
     out["status"] = _stripped(out["status"]).str.lower().astype("object")
@@ -304,10 +317,14 @@ def normalise_extract(raw: pd.DataFrame) -> pd.DataFrame:
         out["employee_known"] = _flag(raw["employee_known"], False)
     else:
         out["employee_known"] = (
-            raw["employee_email"].notna() | raw["employee_name"].notna() | raw["legal_entity"].notna()
+            raw["employee_email"].notna()
+            | raw["employee_name"].notna()
+            | raw["legal_entity"].notna()
         )
     out["leave_type_known"] = (
-        _flag(raw["leave_type_known"], False) if "leave_type_known" in raw else raw["leave_type"].notna()
+        _flag(raw["leave_type_known"], False)
+        if "leave_type_known" in raw
+        else raw["leave_type"].notna()
     )
     out["legal_entity_known"] = (
         _flag(raw["legal_entity_known"], False)

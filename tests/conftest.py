@@ -17,7 +17,9 @@ REQUIRE_SERVERS = os.environ.get("LEAVESYNC_REQUIRE_DB_SERVERS", "").lower() in 
 POSTGRES_URL = os.environ.get(
     "LEAVESYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-MARIADB_URL = os.environ.get("LEAVESYNC_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+MARIADB_URL = os.environ.get(
+    "LEAVESYNC_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+)
 
 
 @pytest.fixture

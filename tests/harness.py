@@ -22,7 +22,9 @@ def make_config(home: Path, hr_url: str, **sections: Any) -> AppConfig:
     data: dict[str, Any] = {
         "hr": {"url": hr_url},
         "state": {"url": f"sqlite:///{home / 'state.sqlite'}"},
-        "targets": [{"name": "feeds", "type": "ics", "settings": {"directory": str(home / "feeds")}}],
+        "targets": [
+            {"name": "feeds", "type": "ics", "settings": {"directory": str(home / "feeds")}}
+        ],
     }
     data.update(sections)
     return parse_config(data, "test configuration")

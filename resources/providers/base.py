@@ -44,7 +44,9 @@ _FINGERPRINT_KEY = "leavesync-fp-v01"
 
 def fingerprint_texts(texts: Sequence[str] | np.ndarray) -> np.ndarray:
     """Fingerprints (int64) of many canonical event texts at once, in C, not a Python loop."""
-    hashed = hash_array(np.asarray(texts, dtype=object), hash_key=_FINGERPRINT_KEY, categorize=False)
+    hashed = hash_array(
+        np.asarray(texts, dtype=object), hash_key=_FINGERPRINT_KEY, categorize=False
+    )
     return hashed.view(np.int64)
 
 
@@ -178,7 +180,9 @@ class CheckReport:
     def render(self) -> str:
         lines = [f"target {self.target}: {'OK' if self.ok else 'PROBLEMS FOUND'}"]
         for step, passed, detail in self.steps:
-            lines.append(f"  [{'ok' if passed else 'FAIL'}] {step}" + (f": {detail}" if detail else ""))
+            lines.append(
+                f"  [{'ok' if passed else 'FAIL'}] {step}" + (f": {detail}" if detail else "")
+            )
         return "\n".join(lines)
 
 

@@ -74,7 +74,9 @@ class IcsProvider(CalendarProvider):
             feed = _read(path) or self._new_calendar(calendar)
         except ValueError as err:
             for change in changes:
-                yield ChangeResult(change, ok=False, error=f"{path}: unreadable feed: {err}", permanent=True)
+                yield ChangeResult(
+                    change, ok=False, error=f"{path}: unreadable feed: {err}", permanent=True
+                )
             return
         ours = {str(c.get("UID")): c for c in feed.walk("VEVENT") if c.get(KEY_PROP)}
         outcomes: list[tuple[EventChange, str | None, str | None]] = []

@@ -14,15 +14,27 @@ from tests.harness import Pipeline, make_config, scope
 
 def desired(*rows: dict) -> pd.DataFrame:
     base = {c: "" for c in EVENT_COLUMNS}
-    base.update(all_day=True, private=True, target="feeds", legal_entity="FR",
-                partition_date="2026-03-02", calendar="a@example.com")
+    base.update(
+        all_day=True,
+        private=True,
+        target="feeds",
+        legal_entity="FR",
+        partition_date="2026-03-02",
+        calendar="a@example.com",
+    )
     return pd.DataFrame([{**base, **r} for r in rows], columns=list(EVENT_COLUMNS))
 
 
 def snapshot(*rows: dict) -> pd.DataFrame:
     base = {c: None for c in SNAPSHOT_COLUMNS}
-    base.update(target="feeds", legal_entity="FR", partition_date="2026-03-02",
-                calendar="a@example.com", provider_event_id="pid", version="0")
+    base.update(
+        target="feeds",
+        legal_entity="FR",
+        partition_date="2026-03-02",
+        calendar="a@example.com",
+        provider_event_id="pid",
+        version="0",
+    )
     return pd.DataFrame([{**base, **r} for r in rows], columns=SNAPSHOT_COLUMNS)
 
 
@@ -67,12 +79,19 @@ def test_move_to_another_partition_without_change_is_a_relocation():
     diff = compute_diff(d, s)
     assert diff.changes.empty
     assert diff.relocations.to_dict("records") == [
-        {"target": "feeds", "event_key": "leave-1", "legal_entity": "US", "partition_date": "2026-03-02"}
+        {
+            "target": "feeds",
+            "event_key": "leave-1",
+            "legal_entity": "US",
+            "partition_date": "2026-03-02",
+        }
     ]
 
 
 def test_new_calendar_is_delete_there_then_create_here():
-    d = desired({"event_key": "leave-1", "leave_id": "1", "fingerprint": 5, "calendar": "b@example.com"})
+    d = desired(
+        {"event_key": "leave-1", "leave_id": "1", "fingerprint": 5, "calendar": "b@example.com"}
+    )
     s = snapshot({"event_key": "leave-1", "leave_id": "1", "fingerprint": 5})
     changes = compute_diff(d, s).changes
     assert list(zip(changes["op"], changes["calendar"], strict=True)) == [
@@ -90,12 +109,16 @@ def pipeline(home, hr) -> Pipeline:
     return Pipeline(make_config(home, hr.url))
 
 
-def sync(p: Pipeline, *entities: str, start=D - dt.timedelta(days=10), end=D + dt.timedelta(days=60)):
+def sync(
+    p: Pipeline, *entities: str, start=D - dt.timedelta(days=10), end=D + dt.timedelta(days=60)
+):
     result, outcome = p.sync([scope(e, start, end) for e in entities])
     return result
 
 
-def planned(p: Pipeline, *entities: str, start=D - dt.timedelta(days=10), end=D + dt.timedelta(days=60)):
+def planned(
+    p: Pipeline, *entities: str, start=D - dt.timedelta(days=10), end=D + dt.timedelta(days=60)
+):
     return ops(p.plan([scope(e, start, end) for e in entities]).diff)
 
 

@@ -41,7 +41,9 @@ def leave(**over) -> dict:
     return row
 
 
-def render(*rows: dict, rules: EventRules | None = None, target: TargetConfig = TARGET) -> pd.DataFrame:
+def render(
+    *rows: dict, rules: EventRules | None = None, target: TargetConfig = TARGET
+) -> pd.DataFrame:
     return render_events(pd.DataFrame(list(rows)), target, rules or EventRules())
 
 

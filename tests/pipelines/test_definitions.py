@@ -28,13 +28,17 @@ def test_asset_graph_is_what_the_design_says(home, hr):
     for name in ("hr_leaves", "leave_diff", "calendar_sync"):
         node = graph.get(AssetKey(name))
         assert node.partitions_def == leave_partitions(make_config(home, hr.url))
-        assert node.backfill_policy is not None and node.backfill_policy.max_partitions_per_run is None
+        assert (
+            node.backfill_policy is not None and node.backfill_policy.max_partitions_per_run is None
+        )
 
 
 def test_date_partitions_reach_today_plus_horizon(home, hr):
     cfg = make_config(home, hr.url, window={"horizon_days": 10, "timezone": "Europe/Paris"})
     dates = leave_partitions(cfg).get_partitions_def_for_dimension("date")
-    today = dt.datetime.now(dt.UTC).astimezone(__import__("zoneinfo").ZoneInfo("Europe/Paris")).date()
+    today = (
+        dt.datetime.now(dt.UTC).astimezone(__import__("zoneinfo").ZoneInfo("Europe/Paris")).date()
+    )
     keys = dates.get_partition_keys()
     assert keys[-1] == (today + dt.timedelta(days=10)).isoformat()
     assert keys[0] == cfg.window.partitions_start.isoformat()
@@ -74,7 +78,9 @@ def test_sensor_adds_the_legal_entities_hr_knows(home, hr):
 def test_scope_groups_multi_partition_keys_by_entity():
     keys = ["2026-01-02|FR", "2026-01-01|FR", "2026-01-05|US"]
     scopes = scopes_from_keys(keys)
-    assert [(s.entity_key, s.date_from.isoformat(), s.date_to.isoformat(), len(s.dates)) for s in scopes] == [
+    assert [
+        (s.entity_key, s.date_from.isoformat(), s.date_to.isoformat(), len(s.dates)) for s in scopes
+    ] == [
         ("FR", "2026-01-01", "2026-01-02", 2),
         ("US", "2026-01-05", "2026-01-05", 1),
     ]

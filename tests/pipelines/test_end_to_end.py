@@ -61,7 +61,9 @@ def seed(hr) -> dict[str, int]:
 def run(cfg, **kw):
     runs = reconcile(cfg, None, START, END, progress=lambda m: None, **kw)
     assert all(r.status == "ok" for r in runs), [(r.entity_key, r.status, r.messages) for r in runs]
-    return {r.entity_key: r.summary.set_index("legal_entity").loc[r.entity_key].to_dict() for r in runs}
+    return {
+        r.entity_key: r.summary.set_index("legal_entity").loc[r.entity_key].to_dict() for r in runs
+    }
 
 
 def total(summary: dict, col: str) -> int:
@@ -79,7 +81,9 @@ def test_reconcile_feeds_match_hr_then_nothing_then_exact_changes(home, hr):
     events = read_feeds(feeds)
     assert set(events) == {feed_file_name("ann@example.com"), feed_file_name("bob@example.com")}
     by_uid = {str(e.uid.value): e for evs in events.values() for e in evs}
-    assert set(by_uid) == {f"leave-{ids[k]}@leavesync" for k in ("whole", "pending", "sick", "half", "hourly")}
+    assert set(by_uid) == {
+        f"leave-{ids[k]}@leavesync" for k in ("whole", "pending", "sick", "half", "hourly")
+    }
 
     whole = by_uid[f"leave-{ids['whole']}@leavesync"]
     assert whole.dtstart.value == day(1) and not isinstance(whole.dtstart.value, dt.datetime)
@@ -132,12 +136,26 @@ def test_cli_dry_run_prints_the_diff_and_writes_nothing(home, hr, capsys):
         yaml.safe_dump(
             {
                 "hr": {"url": hr.url},
-                "targets": [{"name": "feeds", "type": "ics", "settings": {"directory": str(home / "feeds")}}],
+                "targets": [
+                    {"name": "feeds", "type": "ics", "settings": {"directory": str(home / "feeds")}}
+                ],
             }
         )
     )
-    code = main(["sync", "--config", str(cfg_file), "--entity", "FR", "--from", START.isoformat(),
-                 "--to", END.isoformat(), "--dry-run"])
+    code = main(
+        [
+            "sync",
+            "--config",
+            str(cfg_file),
+            "--entity",
+            "FR",
+            "--from",
+            START.isoformat(),
+            "--to",
+            END.isoformat(),
+            "--dry-run",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "dry run" in out and "planned changes: 2" in out
@@ -147,7 +165,9 @@ def test_cli_dry_run_prints_the_diff_and_writes_nothing(home, hr, capsys):
 
 def test_cli_rejects_a_bad_config_key_naming_it(home, capsys):
     cfg_file = home / "bad.yaml"
-    cfg_file.write_text("window:\n  lookbak_days: 3\ntargets:\n  - name: x\n    type: ics\n    settings: {folder: /tmp}\n")
+    cfg_file.write_text(
+        "window:\n  lookbak_days: 3\ntargets:\n  - name: x\n    type: ics\n    settings: {folder: /tmp}\n"
+    )
     assert main(["sync", "--config", str(cfg_file)]) == 2
     err = capsys.readouterr().err
     assert "window.lookbak_days: unknown key" in err
@@ -208,14 +228,26 @@ def test_killed_mid_apply_then_rerun_gives_exactly_the_right_events(home, hr, cr
     script.write_text(CRASHING_RUN)
     repo = Path(__file__).resolve().parents[2]
     args = [str(home), hr.url, str(crash_after), START.isoformat(), END.isoformat()]
-    proc = subprocess.run([sys.executable, str(script), *args], cwd=repo, env={"PYTHONPATH": str(repo)},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=repo,
+        env={"PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 9, proc.stderr
     assert len(list((home / "feeds").glob("*.ics"))) == crash_after
 
     # The run after the crash: every event exactly once, the snapshot complete.
-    rerun = subprocess.run([sys.executable, str(script), *args[:2], "0", *args[3:]], cwd=repo,
-                           env={"PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(
+        [sys.executable, str(script), *args[:2], "0", *args[3:]],
+        cwd=repo,
+        env={"PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert rerun.returncode == 0, rerun.stderr
     feeds = read_feeds(home / "feeds")
     assert sorted(feeds) == sorted(feed_file_name(e) for e in emails)

@@ -45,9 +45,16 @@ def test_extract_brings_every_row_through_in_canonical_form(db_url):
     assert (row["start_date"], row["end_date"]) == ("2026-03-02", "2026-03-04")
     assert row["employee_email"] == "Ann@Example.com"
     assert row["employee_name"] == "Ann O'Neil; DROP TABLE leaves;--"
-    assert (row["timezone"], row["workday_start"], row["midday"]) == ("Europe/Paris", "09:00:00", "13:00:00")
+    assert (row["timezone"], row["workday_start"], row["midday"]) == (
+        "Europe/Paris",
+        "09:00:00",
+        "13:00:00",
+    )
     assert row["status"] == "approved" and bool(row["sync_enabled"]) and bool(row["active"])
-    assert (fr.loc[str(hourly), "start_time"], fr.loc[str(hourly), "end_time"]) == ("09:30:00", "11:00:00")
+    assert (fr.loc[str(hourly), "start_time"], fr.loc[str(hourly), "end_time"]) == (
+        "09:30:00",
+        "11:00:00",
+    )
     assert fr.loc[str(half), "start_half"] == "PM"
     assert pd.isna(fr.loc[str(half), "employee_email"])
 
@@ -93,8 +100,17 @@ def test_custom_select_missing_a_column_is_named(db_url):
 
 
 def _payload(key: str, title: str = "Absent") -> EventPayload:
-    return EventPayload(key, key.removeprefix("leave-"), title, True, "2026-03-02", "2026-03-03",
-                        "Europe/Paris", "confirmed", "oof")
+    return EventPayload(
+        key,
+        key.removeprefix("leave-"),
+        title,
+        True,
+        "2026-03-02",
+        "2026-03-03",
+        "Europe/Paris",
+        "confirmed",
+        "oof",
+    )
 
 
 def test_state_store_records_changes_one_by_one(db_url):
@@ -103,44 +119,97 @@ def test_state_store_records_changes_one_by_one(db_url):
     for i in range(3):
         p = _payload(f"leave-{i}")
         change = EventChange("create", p.event_key, "ann@example.com", p)
-        rows.append((ChangeResult(change, True, f"id-{i}", "v1"),
-                     SnapshotRow("feeds", p.event_key, p.leave_id, "ann@example.com", "FR",
-                                 "2026-03-02", p.fingerprint, None, None, p)))
+        rows.append(
+            (
+                ChangeResult(change, True, f"id-{i}", "v1"),
+                SnapshotRow(
+                    "feeds",
+                    p.event_key,
+                    p.leave_id,
+                    "ann@example.com",
+                    "FR",
+                    "2026-03-02",
+                    p.fingerprint,
+                    None,
+                    None,
+                    p,
+                ),
+            )
+        )
     store.record_changes("feeds", rows, "run-1")
     snap = store.snapshot_in_scope(["FR"], D, D)
     assert sorted(snap["event_key"]) == ["leave-0", "leave-1", "leave-2"]
     assert set(snap["provider_event_id"]) == {"id-0", "id-1", "id-2"}
     assert json.loads(snap.iloc[0]["payload"])["title"] == "Absent"
-    assert int(snap.set_index("event_key").loc["leave-1", "fingerprint"]) == _payload("leave-1").fingerprint
+    assert (
+        int(snap.set_index("event_key").loc["leave-1", "fingerprint"])
+        == _payload("leave-1").fingerprint
+    )
 
     updated = _payload("leave-1", "Away")
     upd = EventChange("update", "leave-1", "ann@example.com", updated, "id-1", "v1")
     delete = EventChange("delete", "leave-2", "ann@example.com", None, "id-2", "v1")
-    store.record_changes("feeds", [
-        (ChangeResult(upd, True, "id-1", "v2"),
-         SnapshotRow("feeds", "leave-1", "1", "ann@example.com", "FR", "2026-03-02",
-                     updated.fingerprint, None, None, updated)),
-        (ChangeResult(delete, True), None),
-    ], "run-2")
+    store.record_changes(
+        "feeds",
+        [
+            (
+                ChangeResult(upd, True, "id-1", "v2"),
+                SnapshotRow(
+                    "feeds",
+                    "leave-1",
+                    "1",
+                    "ann@example.com",
+                    "FR",
+                    "2026-03-02",
+                    updated.fingerprint,
+                    None,
+                    None,
+                    updated,
+                ),
+            ),
+            (ChangeResult(delete, True), None),
+        ],
+        "run-2",
+    )
     snap = store.snapshot_all("feeds").set_index("event_key")
     assert sorted(snap.index) == ["leave-0", "leave-1"]
     assert snap.loc["leave-1", "version"] == "v2"
     assert int(snap.loc["leave-1", "fingerprint"]) == updated.fingerprint
 
-
-    store.relocate(pd.DataFrame([{"target": "feeds", "event_key": "leave-0", "legal_entity": "US",
-                                  "partition_date": "2026-04-01"}]))
-    assert list(store.snapshot_in_scope(["US"], dt.date(2026, 4, 1), dt.date(2026, 4, 1))["event_key"]) == ["leave-0"]
+    store.relocate(
+        pd.DataFrame(
+            [
+                {
+                    "target": "feeds",
+                    "event_key": "leave-0",
+                    "legal_entity": "US",
+                    "partition_date": "2026-04-01",
+                }
+            ]
+        )
+    )
+    assert list(
+        store.snapshot_in_scope(["US"], dt.date(2026, 4, 1), dt.date(2026, 4, 1))["event_key"]
+    ) == ["leave-0"]
     assert list(store.snapshot_for_keys(["leave-0", "leave-9"])["event_key"]) == ["leave-0"]
 
 
 def test_state_store_keeps_quarantined_rows_with_unicode(db_url):
 
     store = StateStore(url=db_url)
-    findings = pd.DataFrame([{"leave_id": "7", "legal_entity": "FR", "start_date": "1900-01-01",
-                              "rule": "date_out_of_range", "severity": "error",
-                              "message": "a date lies outside the configured sane range",
-                              "row": json.dumps({"employee_name": "שרה כהן — Zoë"}, ensure_ascii=False)}])
+    findings = pd.DataFrame(
+        [
+            {
+                "leave_id": "7",
+                "legal_entity": "FR",
+                "start_date": "1900-01-01",
+                "rule": "date_out_of_range",
+                "severity": "error",
+                "message": "a date lies outside the configured sane range",
+                "row": json.dumps({"employee_name": "שרה כהן — Zoë"}, ensure_ascii=False),
+            }
+        ]
+    )
     store.record_quarantine("run-1", "FR", findings)
     back = store.quarantine_for_run("run-1")
     assert back.iloc[0]["rule"] == "date_out_of_range"
