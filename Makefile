@@ -7,6 +7,8 @@ export LEAVESYNC_HOME ?= $(CURDIR)/.leavesync
 export DAGSTER_HOME ?= $(LEAVESYNC_HOME)/dagster
 # One "planned" event per asset for a partition-range run instead of one per partition.
 export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
+# Per-partition materializations of a range run stored in batches (PostgreSQL storage).
+export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
 .PHONY: install demo sync test ui lint format bench bench-smoke services clean
 

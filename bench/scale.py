@@ -386,6 +386,7 @@ def main() -> None:
         "LEAVESYNC_HOME": str(work),
         "DAGSTER_HOME": str(work / "dagster"),
         "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
+        "DAGSTER_EVENT_BATCH_SIZE": "1000",
         "PYTHONWARNINGS": "ignore",
     }
 
