@@ -1,4 +1,4 @@
-"""The `leavesync` command: sync, demo, check, entities."""
+"""The `leavesync` command: sync, drift, demo, check, entities."""
 
 from __future__ import annotations
 
@@ -25,19 +25,64 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", help="YAML configuration file (default: $LEAVESYNC_CONFIG, or the embedded defaults)")
+        sp.add_argument(
+            "--config",
+            help="YAML configuration file (default: $LEAVESYNC_CONFIG, or the embedded defaults)",
+        )
 
-    s = sub.add_parser("sync", help="reconcile leaves into calendars (one Dagster run per legal entity)")
+    s = sub.add_parser(
+        "sync", help="reconcile leaves into calendars (one Dagster run per legal entity)"
+    )
     common(s)
-    s.add_argument("--entity", action="append", default=[], metavar="CODE", help="legal entity (repeatable; default: all)")
-    s.add_argument("--from", dest="date_from", type=_date, help="first start date (default: today - lookback)")
-    s.add_argument("--to", dest="date_to", type=_date, help="last start date (default: today + horizon)")
+    s.add_argument(
+        "--entity",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="legal entity (repeatable; default: all)",
+    )
+    s.add_argument(
+        "--from", dest="date_from", type=_date, help="first start date (default: today - lookback)"
+    )
+    s.add_argument(
+        "--to", dest="date_to", type=_date, help="last start date (default: today + horizon)"
+    )
     s.add_argument("--dry-run", action="store_true", help="stop after the diff and print it")
-    s.add_argument("--allow-mass-delete", action="store_true", help="override the blast-radius refusal")
+    s.add_argument(
+        "--allow-mass-delete", action="store_true", help="override the blast-radius refusal"
+    )
+
+    r = sub.add_parser(
+        "drift", help="read the calendars back, report drift from the snapshot and HR, repair it"
+    )
+    common(r)
+    r.add_argument(
+        "--entity",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="legal entity (repeatable; default: all)",
+    )
+    r.add_argument(
+        "--from", dest="date_from", type=_date, help="first start date (default: today - lookback)"
+    )
+    r.add_argument(
+        "--to", dest="date_to", type=_date, help="last start date (default: today + horizon)"
+    )
+    r.add_argument(
+        "--report-only",
+        action="store_true",
+        help="report drift, repair nothing (whatever drift_policy says)",
+    )
+    r.add_argument(
+        "--allow-mass-delete", action="store_true", help="override the blast-radius refusal"
+    )
 
     d = sub.add_parser("demo", help="seed the embedded demo HR database, then reconcile it")
     common(d)
-    d.add_argument("--reseed", action="store_true", help="recreate the demo HR data even if present")
+    d.add_argument(
+        "--reseed", action="store_true", help="recreate the demo HR data even if present"
+    )
 
     c = sub.add_parser("check", help="test each target's settings without changing anything")
     common(c)
@@ -57,7 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    handler = {"sync": cmd_sync, "demo": cmd_demo, "check": cmd_check, "entities": cmd_entities}
+    handler = {
+        "sync": cmd_sync,
+        "drift": cmd_drift,
+        "demo": cmd_demo,
+        "check": cmd_check,
+        "entities": cmd_entities,
+    }
     try:
         return handler[args.command](cfg, args)
     except ConfigError as err:
@@ -93,7 +144,10 @@ def cmd_sync(cfg: AppConfig, args: argparse.Namespace) -> int:
         allow_mass_delete=args.allow_mass_delete,
         progress=lambda m: print(m, flush=True),
     )
-    return report(runs, dry_run=args.dry_run)
+    code = report(runs, dry_run=args.dry_run)
+    if not args.dry_run:
+        print_drift(cfg, [(r.entity_key, r.run_id, r.status) for r in runs])
+    return code
 
 
 def report(runs, dry_run: bool = False) -> int:
@@ -105,28 +159,55 @@ def report(runs, dry_run: bool = False) -> int:
         else:
             frames.append(pd.DataFrame([{"legal_entity": run.entity_key, "status": run.status}]))
     table = pd.concat(frames, ignore_index=True).fillna(0)
-    cols = [c for c in ("legal_entity", "created", "updated", "deleted", "unchanged", "quarantined", "failed", "status") if c in table]
+    cols = [
+        c
+        for c in (
+            "legal_entity",
+            "created",
+            "updated",
+            "deleted",
+            "unchanged",
+            "quarantined",
+            "failed",
+            "status",
+        )
+        if c in table
+    ]
     table = table[cols]
     for c in cols[1:-1]:
         table[c] = table[c].astype(int)
-    title = "planned changes (dry run: nothing was written)" if dry_run else "reconciliation summary"
+    title = (
+        "planned changes (dry run: nothing was written)" if dry_run else "reconciliation summary"
+    )
     print(f"\n{title}\n{table.to_string(index=False)}")
     if dry_run:
         for run in runs:
             if run.plan is not None and len(run.plan.diff.changes):
                 ch = run.plan.diff.changes
                 print(f"\n{run.entity_key}: {len(ch)} changes")
-                print(ch[["op", "target", "event_key", "calendar", "start", "end", "title", "status"]].head(50).to_string(index=False))
+                print(
+                    ch[["op", "target", "event_key", "calendar", "start", "end", "title", "status"]]
+                    .head(50)
+                    .to_string(index=False)
+                )
                 if len(ch) > 50:
                     print(f"... and {len(ch) - 50} more")
     for run in runs:
         for msg in run.messages:
             print(f"{run.entity_key}: {msg}")
-    changes = int(table[[c for c in ("created", "updated", "deleted") if c in table]].to_numpy().sum()) if len(table) else 0
+    changes = (
+        int(table[[c for c in ("created", "updated", "deleted") if c in table]].to_numpy().sum())
+        if len(table)
+        else 0
+    )
     print(f"\n{'planned' if dry_run else 'total'} changes: {changes}")
     bad = [r for r in runs if r.status != "ok"]
     if bad:
-        print("not reconciled: " + ", ".join(f"{r.entity_key} ({r.status}, run {r.run_id})" for r in bad), file=sys.stderr)
+        print(
+            "not reconciled: "
+            + ", ".join(f"{r.entity_key} ({r.status}, run {r.run_id})" for r in bad),
+            file=sys.stderr,
+        )
     return 1 if bad else 0
 
 
@@ -139,7 +220,9 @@ def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
 
     url = cfg.hr_url()
     if not url.startswith("sqlite:///"):
-        raise ConfigError("the demo seeds the embedded SQLite HR database only; run it without hr.url")
+        raise ConfigError(
+            "the demo seeds the embedded SQLite HR database only; run it without hr.url"
+        )
     path = url.removeprefix("sqlite:///")
     import os
 
@@ -147,12 +230,18 @@ def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
     if fresh:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         counts = seed(sa.create_engine(url), dt.date.today(), with_bad_rows=True)
-        print("seeded demo HR database " + path + ": " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        print(
+            "seeded demo HR database "
+            + path
+            + ": "
+            + ", ".join(f"{v} {k}" for k, v in counts.items())
+        )
     else:
         print(f"demo HR database {path} already seeded (use --reseed to start over)")
     date_from, date_to = nightly_window(cfg, dt.date.today())
     runs = reconcile(cfg, None, date_from, date_to, progress=lambda m: print(m, flush=True))
     code = report(runs)
+    print_drift(cfg, [(r.entity_key, r.run_id, r.status) for r in runs])
     feeds = [t for t in cfg.targets if t.type == "ics"]
     for t in feeds:
         from resources.providers.ics import IcsProvider
@@ -161,6 +250,98 @@ def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
         print(f"feeds of target {t.name}: {provider.directory}")
     print("open the Dagster UI on these runs with: make ui")
     return code
+
+
+def cmd_drift(cfg: AppConfig, args: argparse.Namespace) -> int:
+    """One Dagster run of the drift job per legal entity; print the drift summary."""
+    from dagster import DagsterInstance
+
+    from assets.drift import DRIFT_POLICY_TAG
+    from assets.leave_diff import ALLOW_MASS_DELETE_TAG, SAFETY_CHECK
+    from pipelines.definitions import DRIFT_JOB, build_definitions
+    from pipelines.partitions import range_tags
+    from pipelines.runner import ensure_dagster_home, sync_entity_partitions
+
+    date_from, date_to = _window(cfg, args)
+    ensure_dagster_home(cfg)
+    defs = build_definitions(cfg)
+    instance = DagsterInstance.get()
+    known = sync_entity_partitions(instance, defs.resources["hr"])
+    unknown = [k for k in args.entity if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown legal entity: {', '.join(unknown)} (HR knows: {', '.join(known)})"
+        )
+    job = defs.resolve_job_def(DRIFT_JOB)
+    runs = []
+    for key in args.entity or known:
+        tags = {**range_tags(key, date_from, date_to), "leavesync/trigger": "cli"}
+        if args.report_only:
+            tags[DRIFT_POLICY_TAG] = "report"
+        if args.allow_mass_delete:
+            tags[ALLOW_MASS_DELETE_TAG] = "true"
+        print(f"{key}: measuring drift {date_from}..{date_to}", flush=True)
+        result = job.execute_in_process(
+            instance=instance,
+            tags=tags,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        blocked = any(
+            ev.check_name == SAFETY_CHECK and not ev.passed
+            for ev in result.get_asset_check_evaluations()
+        )
+        status = "blocked" if blocked else ("ok" if result.success else "failed")
+        runs.append((key, result.run_id, status))
+        if blocked:
+            try:
+                plan = result.output_for_node("leave_diff")
+                for refusal in plan.refusals:
+                    print(f"{key}: {refusal.message()}")
+            except Exception:  # noqa: BLE001 - the step failed before producing its plan
+                pass
+    return print_drift(cfg, runs)
+
+
+def print_drift(cfg: AppConfig, runs: list[tuple[str, str, str]]) -> int:
+    """Print the drift summary of these runs (entity, run id, status); exit status."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    from assets.drift import KINDS, SYNC_DRIFT
+    from assets.drift_report import PLOT_NAME, REPORT_NAME
+
+    instance = DagsterInstance.get()
+    frames, notes = [], []
+    for key, run_id, status in runs:
+        events = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+        meta = next(
+            (
+                e.dagster_event.materialization.metadata
+                for e in events
+                if e.dagster_event.asset_key.to_user_string() == SYNC_DRIFT
+            ),
+            None,
+        )
+        if meta is None:
+            frames.append(pd.DataFrame([{"legal_entity": key, "status": status}]))
+            continue
+        summary = pd.DataFrame(meta["summary"].value, columns=["legal_entity", *KINDS, "repaired"])
+        frames.append(summary.assign(status=status))
+        notes += [f"{key}: {n}" for n in meta["notes"].value]
+    table = pd.concat(frames, ignore_index=True)
+    for col in (*KINDS, "repaired"):
+        table[col] = table[col].fillna(0).astype(int) if col in table else 0
+    table = table[["legal_entity", *KINDS, "repaired", "status"]]
+    print(f"\ndrift report\n{table.to_string(index=False)}")
+    for note in notes:
+        print(note)
+    reports = cfg.reports_dir()
+    print(f"drift report: {reports / REPORT_NAME}\ndrift plot: {reports / PLOT_NAME}")
+    print(f"GX Data Docs of the diff validations: {cfg.data_docs_dir() / 'index.html'}")
+    bad = [f"{k} ({s}, run {r})" for k, r, s in runs if s != "ok"]
+    if bad:
+        print("drift not measured: " + ", ".join(bad), file=sys.stderr)
+    return 1 if bad else 0
 
 
 def cmd_check(cfg: AppConfig, args: argparse.Namespace) -> int:
@@ -174,7 +355,9 @@ def cmd_check(cfg: AppConfig, args: argparse.Namespace) -> int:
         try:
             sample = hr.sample_email()
         except Exception as err:  # noqa: BLE001 - the HR database itself may be what is wrong
-            print(f"HR database: cannot read a sample mailbox ({err}); pass --sample", file=sys.stderr)
+            print(
+                f"HR database: cannot read a sample mailbox ({err}); pass --sample", file=sys.stderr
+            )
             return 2
     ok = True
     for target in cfg.targets:

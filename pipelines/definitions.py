@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions, EnvVar, define_asset_job
 
+from assets.drift import SYNC_DRIFT, build_sync_drift
 from assets.extract import HR_LEAVES, build_hr_leaves
 from assets.leave_diff import LEAVE_DIFF, build_leave_diff
 from assets.sync import CALENDAR_SYNC, build_calendar_sync
@@ -17,10 +18,13 @@ from resources.settings import LeavesyncSettings
 from resources.state import StateStore
 
 PLAN_JOB = "plan"
+DRIFT_JOB = "drift"
 
 
 def build_resources(cfg: AppConfig) -> dict:
-    hr = HRDatabase(url=EnvVar(cfg.hr.url_env) if cfg.hr.url_env else cfg.hr_url(), query=cfg.hr.query)
+    hr = HRDatabase(
+        url=EnvVar(cfg.hr.url_env) if cfg.hr.url_env else cfg.hr_url(), query=cfg.hr.query
+    )
     state = StateStore(url=EnvVar(cfg.state.url_env) if cfg.state.url_env else cfg.state_url())
     return {
         "hr": hr,
@@ -37,22 +41,29 @@ def build_definitions(cfg: AppConfig) -> Definitions:
         build_hr_leaves(partitions),
         build_leave_diff(partitions),
         build_calendar_sync(partitions, [t.name for t in cfg.targets]),
+        build_sync_drift(partitions),
     ]
     reconcile = define_asset_job(
         RECONCILE_JOB,
-        selection=[HR_LEAVES, LEAVE_DIFF, CALENDAR_SYNC],
-        partitions_def=partitions,
-        description="Extract, validate and diff, then apply to every calendar target.",
+        selection=[HR_LEAVES, LEAVE_DIFF, CALENDAR_SYNC, SYNC_DRIFT],
+        description=(
+            "Extract, validate and diff, apply to every calendar target, then read the "
+            "calendars back and report (and repair) drift."
+        ),
     )
     plan_only = define_asset_job(
         PLAN_JOB,
         selection=[HR_LEAVES, LEAVE_DIFF],
-        partitions_def=partitions,
         description="Extract, validate and diff without touching any calendar (dry run).",
+    )
+    drift = define_asset_job(
+        DRIFT_JOB,
+        selection=[HR_LEAVES, LEAVE_DIFF, SYNC_DRIFT],
+        description="Read the calendars back, report drift from the snapshot and HR, repair it.",
     )
     return Definitions(
         assets=assets,
-        jobs=[reconcile, plan_only],
+        jobs=[reconcile, plan_only, drift],
         schedules=[build_nightly_schedule(cfg)],
         sensors=[build_entity_sensor(resources["hr"])],
         resources=resources,

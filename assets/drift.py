@@ -1,0 +1,433 @@
+"""sync_drift: read our events back from each target, compare with the snapshot and HR, repair."""
+
+import datetime as dt
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
+    BackfillPolicy,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from assets.diff import CHANGE_COLUMNS, Diff
+from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, LeaveDiff, snapshot_in_scope
+from assets.render import EVENT_COLUMNS
+from assets.sync import CALENDAR_SYNC, apply_diff
+from assets.tables import markdown_table
+from assets.validation import blast_radius
+from pipelines.config import AppConfig
+from resources.hr import HRDatabase
+from resources.providers.base import (
+    CalendarProvider,
+    EventPayload,
+    ProviderError,
+    RemoteEvent,
+    changed_fields,
+)
+from resources.settings import LeavesyncSettings
+from resources.state import StateStore
+
+SYNC_DRIFT = "sync_drift"
+DRIFT_POLICY_TAG = "leavesync/drift_policy"
+KINDS = ("missing", "modified", "orphan", "duplicate", "stale")
+FINDING_COLUMNS = (
+    "target",
+    "kind",
+    "event_key",
+    "calendar",
+    "legal_entity",
+    "date",
+    "detail",
+    "repair",
+    "repaired",
+)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a finding is: the event key, its calendar, and its legal entity and date."""
+
+    event_key: str
+    calendar: str
+    legal_entity: str
+    date: str
+
+
+@dataclass
+class TargetDrift:
+    """What one target's read-back shows: findings, and the changes that would repair them."""
+
+    findings: list[dict] = field(default_factory=list)
+    repairs: list[dict] = field(default_factory=list)
+
+    def add(self, kind: str, at: Place, detail: str, repair: dict | None = None) -> None:
+        self.findings.append(
+            {
+                "kind": kind,
+                "event_key": at.event_key,
+                "calendar": at.calendar,
+                "legal_entity": at.legal_entity,
+                "date": at.date,
+                "detail": detail,
+                "repair": repair["op"] if repair else "",
+            }
+        )
+        if repair:
+            self.repairs.append({**repair, "kind": kind})
+
+
+def _payload(row) -> EventPayload | None:
+    try:
+        return EventPayload.from_dict(json.loads(row.payload))
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def _write(op: str, want, remote: RemoteEvent | None) -> dict:
+    row = {c: getattr(want, c) for c in EVENT_COLUMNS}
+    row.update(
+        op=op,
+        provider_event_id=remote.provider_event_id if remote else None,
+        version=remote.version if remote else None,
+    )
+    return row
+
+
+def _delete(at: Place, leave_id: str, provider_event_id: str | None, version: str | None) -> dict:
+    row: dict = {c: None for c in CHANGE_COLUMNS}
+    row.update(
+        op="delete",
+        event_key=at.event_key,
+        calendar=at.calendar,
+        leave_id=leave_id,
+        legal_entity=at.legal_entity,
+        partition_date=at.date,
+        fingerprint=pd.NA,
+        provider_event_id=provider_event_id,
+        version=version,
+    )
+    return row
+
+
+def _pick(group: list[RemoteEvent], snapshot_id: str | None):
+    """Our event among those carrying one key in one calendar, and the others (copies)."""
+    if not group:
+        return None, []
+    matches = [r for r in group if snapshot_id and r.provider_event_id == snapshot_id]
+    if len(matches) == 1:
+        return matches[0], [r for r in group if r is not matches[0]]
+    if len(group) == 1:
+        return group[0], []
+    return None, group  # several, none (or several) with our id: we cannot tell ours apart
+
+
+def compare_target(
+    snapshot: pd.DataFrame,
+    desired: pd.DataFrame,
+    remote: Iterable[RemoteEvent],
+    known_elsewhere: set[tuple[str, str]],
+    protected: frozenset[str],
+    compared_fields: Sequence[str],
+    default_entity: str = "",
+) -> TargetDrift:
+    """Drift of one target in one scope.
+
+    ``snapshot``/``desired``: this target's snapshot rows in scope and the events HR says it
+    should hold; ``known_elsewhere``: (key, calendar) pairs the snapshot places outside scope.
+    """
+    out = TargetDrift()
+    by_place: dict[tuple[str, str], list[RemoteEvent]] = defaultdict(list)
+    for event in remote:
+        by_place[(event.event_key, event.calendar)].append(event)
+    wanted = {r.event_key: r for r in desired.itertuples(index=False)}
+    entity_of = {r.calendar: r.legal_entity for r in desired.itertuples(index=False)}
+    entity_of.update({r.calendar: r.legal_entity for r in snapshot.itertuples(index=False)})
+
+    for snap in snapshot.itertuples(index=False):
+        key, calendar = snap.event_key, snap.calendar
+        at = Place(key, calendar, str(snap.legal_entity), str(snap.partition_date))
+        group = by_place.pop((key, calendar), [])
+        ours, copies = _pick(group, snap.provider_event_id)
+        for copy in copies:
+            note = "is not ours (a user's copy?): reported, never deleted"
+            detail = f"{len(group)} events carry this key; {copy.provider_event_id} {note}"
+            out.add("duplicate", at, detail)
+        if group and ours is None:
+            continue  # reported as duplicates above: we cannot tell which one is ours
+        want = wanted.get(key)
+        want = want if want is not None and want.calendar == calendar else None
+        written = _payload(snap)
+        fields = []
+        if ours is not None and written is not None and ours.payload is not None:
+            fields = changed_fields(written, ours.payload, compared_fields)
+        if key in protected:  # a quarantined leave: we do not know what its event should be
+            if ours is None:
+                out.add("missing", at, "deleted in the calendar; leave quarantined: not repaired")
+            elif fields:
+                out.add("modified", at, f"edited: {', '.join(fields)}; leave quarantined")
+        elif want is None:
+            gone = "still in the calendar" if ours is not None else "already gone"
+            remote_id = ours.provider_event_id if ours else snap.provider_event_id
+            version = ours.version if ours else snap.version
+            repair = _delete(at, str(snap.leave_id), remote_id, version)
+            out.add("stale", at, f"HR has no event for it ({gone})", repair)
+        elif ours is None:
+            out.add("missing", at, "deleted in the calendar", _write("create", want, None))
+        elif fields:
+            out.add("modified", at, f"edited: {', '.join(fields)}", _write("update", want, ours))
+
+    for (key, calendar), group in sorted(by_place.items()):
+        if (key, calendar) in known_elsewhere:
+            continue  # another partition's event: its own drift check looks at it
+        want = wanted.get(key)
+        want = want if want is not None and want.calendar == calendar else None
+        if want is not None:
+            at = Place(key, calendar, str(want.legal_entity), str(want.partition_date))
+        else:
+            at = Place(key, calendar, entity_of.get(calendar, default_entity), _start(group[0]))
+        if len(group) > 1:
+            for _ in group:
+                out.add("duplicate", at, f"{len(group)} events carry this key, none in snapshot")
+        elif want is not None:
+            detail = "ours by tag, not in the snapshot: adopted with HR's version"
+            out.add("orphan", at, detail, _write("update", want, group[0]))
+        else:
+            detail = "ours by tag, unknown to the snapshot and to HR"
+            event = group[0]
+            repair = _delete(at, key.removeprefix("leave-"), event.provider_event_id, event.version)
+            out.add("orphan", at, detail, repair)
+    return out
+
+
+def _start(event: RemoteEvent) -> str:
+    return event.payload.start[:10] if event.payload is not None else ""
+
+
+@dataclass
+class DriftReport:
+    """One run's drift: findings (with what was repaired), counts, and what stopped a repair."""
+
+    findings: pd.DataFrame
+    counts: pd.DataFrame  # target, legal_entity, kind, count, repaired
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> pd.DataFrame:
+        """Per legal entity: count of each kind of drift and how many were repaired."""
+        if self.counts.empty:
+            return pd.DataFrame(columns=["legal_entity", *KINDS, "repaired"])
+        table = self.counts.pivot_table(
+            index="legal_entity", columns="kind", values="count", aggfunc="sum", fill_value=0
+        ).reindex(columns=list(KINDS), fill_value=0)
+        table["repaired"] = self.counts.groupby("legal_entity")["repaired"].sum()
+        return table.astype(int).reset_index().rename_axis(None, axis=1)
+
+    def by_entity_and_date(self) -> pd.DataFrame:
+        """The drift table of the asset page: one row per legal entity and date."""
+        f = self.findings
+        if f.empty:
+            return pd.DataFrame(columns=["legal_entity", "date", *KINDS, "repaired"])
+        table = pd.crosstab([f["legal_entity"], f["date"]], f["kind"]).reindex(
+            columns=list(KINDS), fill_value=0
+        )
+        table["repaired"] = f.groupby(["legal_entity", "date"])["repaired"].sum()
+        return table.astype(int).reset_index().rename_axis(None, axis=1)
+
+
+def measure_drift(
+    plan: LeaveDiff,
+    cfg: AppConfig,
+    hr: HRDatabase,
+    state: StateStore,
+    provider_for: Callable[[str], CalendarProvider],
+    run_id: str,
+    policy_override: str | None = None,
+    allow_mass_delete: bool = False,
+    log: logging.Logger | None = None,
+) -> DriftReport:
+    """Read back every target in the plan's scope, compare, repair per policy, record counts."""
+    log = log or logging.getLogger(__name__)
+    scopes = plan.scopes
+    if not scopes:
+        return DriftReport(pd.DataFrame(columns=list(FINDING_COLUMNS)), _counts([], [], []))
+    start = min(s.date_from for s in scopes)
+    end = max(s.date_to for s in scopes) + dt.timedelta(days=1)
+    in_scope = snapshot_in_scope(state, hr, scopes)
+    desired_all = plan.desired
+    extra = sorted(set(desired_all["event_key"]) - set(in_scope["event_key"]))
+    if extra:
+        in_scope = pd.concat([in_scope, state.snapshot_for_keys(extra)], ignore_index=True)
+        in_scope = in_scope.drop_duplicates(["target", "event_key"])
+    scope_codes = [c for s in scopes for c in (hr.codes_for_key(s.entity_key) or [s.entity_key])]
+    entities = sorted(
+        set(scope_codes)
+        | {str(e) for e in in_scope["legal_entity"]}
+        | set(desired_all["legal_entity"])
+    )
+    default_entity = scope_codes[0]
+    findings: list[dict] = []
+    notes: list[str] = []
+    errors: list[str] = []
+    for target in cfg.targets:
+        snapshot = in_scope[in_scope["target"] == target.name]
+        desired = desired_all[desired_all["target"] == target.name]
+        calendars = sorted(set(snapshot["calendar"]) | set(desired["calendar"]))
+        provider = provider_for(target.name)
+        try:
+            remote = list(provider.read_back(calendars, start, end)) if calendars else []
+        except (ProviderError, OSError, ValueError) as err:
+            errors.append(f"target {target.name}: reading back its events failed: {err}")
+            log.error(errors[-1])
+            continue
+        keys = sorted({r.event_key for r in remote})
+        elsewhere = state.snapshot_for_keys(keys) if keys else in_scope.iloc[0:0]
+        elsewhere = elsewhere[elsewhere["target"] == target.name]
+        known = set(zip(elsewhere["event_key"], elsewhere["calendar"], strict=True))
+        known -= set(zip(snapshot["event_key"], snapshot["calendar"], strict=True))
+        fields = provider.compared_fields
+        drift = compare_target(
+            snapshot, desired, remote, known, plan.protected, fields, default_entity
+        )
+        policy = policy_override or target.drift_policy
+        repairs = pd.DataFrame(drift.repairs, columns=[*CHANGE_COLUMNS, "kind"])
+        deletes = int((repairs["op"] == "delete").sum())
+        verdict = blast_radius(
+            f"drift repair of target {target.name}",
+            len(desired),
+            len(set(snapshot["event_key"]) | set(keys)),
+            deletes,
+            cfg.safety,
+        )
+        if verdict and not allow_mass_delete:
+            notes.append(verdict.message())
+            log.error(verdict.message())
+            repairs = repairs[repairs["op"] != "delete"]
+        done: set[tuple[str, str]] = set()
+        if policy == "repair" and not repairs.empty:
+            done = _repair(target.name, repairs, provider_for, state, run_id, log)
+        elif policy == "report" and not repairs.empty:
+            notes.append(
+                f"target {target.name}: drift_policy is report: {len(repairs)} not repaired"
+            )
+        for f in drift.findings:
+            ok = f["repair"] != "" and (f["event_key"], f["calendar"]) in done
+            findings.append({**f, "target": target.name, "repaired": ok})
+    frame = pd.DataFrame(findings, columns=list(FINDING_COLUMNS))
+    counts = _counts(findings, [t.name for t in cfg.targets], entities)
+    state.record_drift(run_id, counts)
+    return DriftReport(frame, counts, notes, errors)
+
+
+def _repair(
+    target: str,
+    repairs: pd.DataFrame,
+    provider_for: Callable[[str], CalendarProvider],
+    state: StateStore,
+    run_id: str,
+    log: logging.Logger,
+) -> set[tuple[str, str]]:
+    """Apply repairs like calendar_sync does (snapshot updated change by change)."""
+    changes = repairs.drop(columns="kind").reset_index(drop=True)
+    changes["target"] = target
+    empty = pd.DataFrame(columns=["target", "event_key", "legal_entity", "partition_date"])
+    plan = LeaveDiff(Diff(changes, empty, pd.DataFrame()), pd.DataFrame())
+    outcome = apply_diff(plan, provider_for, state, run_id, log)
+    failed = {(f["event_key"], f["calendar"]) for f in outcome.failed}
+    return {(k, c) for k, c in zip(changes["event_key"], changes["calendar"], strict=True)} - failed
+
+
+def _counts(findings: list[dict], targets: list[str], entities: list[str]) -> pd.DataFrame:
+    """Counts per target, legal entity and kind, zeros included (the history plots them)."""
+    rows = {
+        (t, e, k): {"target": t, "legal_entity": e, "kind": k, "count": 0, "repaired": 0}
+        for t in targets
+        for e in entities
+        for k in KINDS
+    }
+    for f in findings:
+        key = (f["target"], str(f["legal_entity"]), f["kind"])
+        row = rows.setdefault(
+            key,
+            {"target": key[0], "legal_entity": key[1], "kind": key[2], "count": 0, "repaired": 0},
+        )
+        row["count"] += 1
+        row["repaired"] += int(bool(f["repaired"]))
+    return pd.DataFrame(
+        list(rows.values()), columns=["target", "legal_entity", "kind", "count", "repaired"]
+    )
+
+
+def build_sync_drift(partitions_def) -> AssetsDefinition:
+    @asset(
+        name=SYNC_DRIFT,
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name="leavesync",
+        ins={"plan": AssetIn(LEAVE_DIFF)},
+        deps=[CALENDAR_SYNC],
+        description=(
+            "Reads our events back from every target, reports missing, modified, orphan, "
+            "duplicate and stale events against the snapshot and HR, and repairs per policy."
+        ),
+    )
+    def sync_drift(
+        context: AssetExecutionContext,
+        plan: LeaveDiff,
+        hr: HRDatabase,
+        state: StateStore,
+        settings: LeavesyncSettings,
+    ) -> MaterializeResult:
+        from assets.drift_report import write_report
+
+        tags = context.run.tags
+        override = (
+            tags.get(DRIFT_POLICY_TAG)
+            if tags.get(DRIFT_POLICY_TAG) in ("report", "repair")
+            else None
+        )
+        allow = tags.get(ALLOW_MASS_DELETE_TAG, "").lower() in ("1", "true", "yes")
+        cfg = settings.app()
+        report = measure_drift(
+            plan,
+            cfg,
+            hr,
+            state,
+            settings.provider,
+            context.run.run_id,
+            override,
+            allow,
+            context.log,
+        )
+        html, png = write_report(cfg.reports_dir(), state.drift_history(), report)
+        summary = report.summary()
+        for row in summary.itertuples(index=False):
+            context.log.info(
+                f"{row.legal_entity}: "
+                + ", ".join(f"{k} {getattr(row, k)}" for k in (*KINDS, "repaired"))
+            )
+        if report.errors:
+            raise Failure(description="\n".join(report.errors), metadata={"report": str(html)})
+        return MaterializeResult(
+            metadata={
+                "drift": MetadataValue.md(markdown_table(report.by_entity_and_date())),
+                "summary": MetadataValue.json(summary.to_dict("records")),
+                "findings": MetadataValue.md(
+                    markdown_table(report.findings.drop(columns=["detail"]), limit=100)
+                ),
+                "notes": MetadataValue.json(report.notes),
+                "report": MetadataValue.path(str(html)),
+                "plot": MetadataValue.path(str(png)),
+            }
+        )
+
+    return sync_drift

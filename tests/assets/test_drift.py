@@ -1,0 +1,336 @@
+"""Drift: each kind found on real .ics feeds, repaired or reported per policy; report and CLI."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from icalendar import Calendar
+
+from assets.drift import KINDS, compare_target, measure_drift
+from assets.drift_report import history_by_run, write_report
+from resources.providers.base import EventPayload, RemoteEvent
+from resources.providers.ics import KEY_PROP, feed_file_name
+from tests.harness import Pipeline, make_config, scope
+
+DAY = dt.date.today() + dt.timedelta(days=5)
+SCOPES = [scope("FR", DAY, DAY + dt.timedelta(days=9))]
+
+
+def day(n: int) -> dt.date:
+    return DAY + dt.timedelta(days=n)
+
+
+class Feeds:
+    """Reads and edits the feeds as a calendar user (or a broken client) would."""
+
+    def __init__(self, home: Path) -> None:
+        self.dir = home / "feeds"
+
+    def path(self, mailbox: str) -> Path:
+        return self.dir / feed_file_name(mailbox)
+
+    def load(self, mailbox: str) -> Calendar:
+        return Calendar.from_ical(self.path(mailbox).read_bytes())
+
+    def save(self, mailbox: str, cal: Calendar) -> None:
+        self.path(mailbox).write_bytes(cal.to_ical())
+
+    def events(self, mailbox: str) -> list:
+        return list(self.load(mailbox).walk("VEVENT"))
+
+    def keys(self, mailbox: str) -> list[str]:
+        return sorted(str(e.get(KEY_PROP)) for e in self.events(mailbox))
+
+    def edit(self, mailbox: str, key: str, fn) -> None:
+        cal = self.load(mailbox)
+        for event in cal.walk("VEVENT"):
+            if str(event.get(KEY_PROP)) == key:
+                fn(cal, event)
+        self.save(mailbox, cal)
+
+
+@pytest.fixture
+def setup(home, hr):
+    hr.employee(1, email="ann@example.com")
+    hr.employee(2, email="bob@example.com")
+    ids = [hr.leave(1, day(0)), hr.leave(1, day(3)), hr.leave(2, day(1), day(2))]
+    pipeline = Pipeline(make_config(home, hr.url))
+    pipeline.sync(SCOPES)
+    return pipeline, ids, Feeds(home)
+
+
+def drift(pipeline: Pipeline, policy: str | None = None, allow: bool = False):
+    plan = pipeline.plan(SCOPES)
+    return measure_drift(
+        plan, pipeline.cfg, pipeline.hr, pipeline.state, pipeline.settings.provider,
+        uuid.uuid4().hex, policy, allow,
+    )  # fmt: skip
+
+
+def kinds(report) -> list[tuple[str, str, bool]]:
+    f = report.findings
+    return sorted(zip(f["kind"], f["event_key"], f["repaired"], strict=True))
+
+
+def test_no_drift_right_after_a_sync_and_nothing_is_written(setup):
+    pipeline, ids, feeds = setup
+    before = {p.name: p.read_bytes() for p in feeds.dir.glob("*.ics")}
+
+    report = drift(pipeline)
+
+    assert report.findings.empty and report.errors == []
+    assert set(report.counts["count"]) == {0} and set(report.counts["kind"]) == set(KINDS)
+    assert {p.name: p.read_bytes() for p in feeds.dir.glob("*.ics")} == before
+
+
+def test_event_deleted_in_the_calendar_is_missing_and_recreated(setup):
+    pipeline, ids, feeds = setup
+    feeds.edit("ann@example.com", f"leave-{ids[1]}", lambda cal, ev: cal.subcomponents.remove(ev))
+
+    report = drift(pipeline)
+
+    assert kinds(report) == [("missing", f"leave-{ids[1]}", True)]
+    assert feeds.keys("ann@example.com") == sorted([f"leave-{ids[0]}", f"leave-{ids[1]}"])
+    assert drift(pipeline).findings.empty
+
+
+def test_event_edited_in_the_calendar_is_modified_and_rewritten(setup):
+    pipeline, ids, feeds = setup
+
+    def retitle(cal, ev):
+        ev["SUMMARY"] = "Lunch with the CEO"
+
+    feeds.edit("bob@example.com", f"leave-{ids[2]}", retitle)
+
+    report = drift(pipeline)
+
+    assert kinds(report) == [("modified", f"leave-{ids[2]}", True)]
+    assert report.findings.iloc[0]["detail"] == "edited: title"
+    assert [str(e["SUMMARY"]) for e in feeds.events("bob@example.com")] == ["Absent"]
+
+
+def test_tagged_event_unknown_to_snapshot_and_hr_is_an_orphan_and_deleted(setup):
+    pipeline, ids, feeds = setup
+
+    def clone_as_999(cal, ev):
+        stray = copy.deepcopy(ev)
+        stray["UID"] = "leave-999@leavesync"
+        stray[KEY_PROP] = "leave-999"
+        cal.add_component(stray)
+
+    feeds.edit("ann@example.com", f"leave-{ids[0]}", clone_as_999)
+
+    report = drift(pipeline)
+
+    assert kinds(report) == [("orphan", "leave-999", True)]
+    assert report.findings.iloc[0]["legal_entity"] == "FR"
+    assert "leave-999" not in feeds.keys("ann@example.com")
+
+
+def test_orphan_that_hr_wants_is_adopted_into_the_snapshot(setup):
+    pipeline, ids, feeds = setup
+    with pipeline.state.engine().begin() as conn:  # the snapshot lost one row
+        conn.execute(sa.text("DELETE FROM snapshot WHERE event_key = :k"), {"k": f"leave-{ids[0]}"})
+
+    report = drift(pipeline)
+
+    assert kinds(report) == [("orphan", f"leave-{ids[0]}", True)]
+    assert f"leave-{ids[0]}" in set(pipeline.state.snapshot_all()["event_key"])
+    assert feeds.keys("ann@example.com").count(f"leave-{ids[0]}") == 1
+    assert pipeline.plan(SCOPES).diff.changes.empty
+
+
+def test_a_users_copy_carrying_our_tag_is_reported_and_never_deleted(setup):
+    pipeline, ids, feeds = setup
+
+    def user_copy(cal, ev):
+        dup = copy.deepcopy(ev)
+        dup["UID"] = "copied-by-bob@client"
+        cal.add_component(dup)
+
+    feeds.edit("bob@example.com", f"leave-{ids[2]}", user_copy)
+
+    report = drift(pipeline)
+
+    assert kinds(report) == [("duplicate", f"leave-{ids[2]}", False)]
+    assert "copied-by-bob@client" in report.findings.iloc[0]["detail"]
+    uids = sorted(str(e["UID"]) for e in feeds.events("bob@example.com"))
+    assert uids == sorted(["copied-by-bob@client", f"leave-{ids[2]}@leavesync"])
+
+
+def test_event_hr_no_longer_wants_is_stale_and_deleted(setup, hr):
+    pipeline, ids, feeds = setup
+    hr.update_leave(ids[1], status="cancelled")
+
+    report = drift(pipeline)
+
+    assert kinds(report) == [("stale", f"leave-{ids[1]}", True)]
+    assert feeds.keys("ann@example.com") == [f"leave-{ids[0]}"]
+    assert f"leave-{ids[1]}" not in set(pipeline.state.snapshot_all()["event_key"])
+
+
+def test_report_policy_reports_and_writes_nothing(home, hr):
+    hr.employee(1, email="ann@example.com")
+    lid = hr.leave(1, DAY)
+    targets = [{"name": "feeds", "type": "ics", "drift_policy": "report",
+                "settings": {"directory": str(home / "feeds")}}]  # fmt: skip
+    pipeline = Pipeline(make_config(home, hr.url, targets=targets))
+    pipeline.sync(SCOPES)
+    feeds = Feeds(home)
+    feeds.edit("ann@example.com", f"leave-{lid}", lambda cal, ev: cal.subcomponents.remove(ev))
+
+    report = drift(pipeline)
+
+    assert kinds(report) == [("missing", f"leave-{lid}", False)]
+    assert any("drift_policy is report" in n for n in report.notes)
+    assert feeds.keys("ann@example.com") == []
+
+
+def test_run_tag_report_only_overrides_a_repair_policy(setup):
+    pipeline, ids, feeds = setup
+    feeds.edit("ann@example.com", f"leave-{ids[0]}", lambda cal, ev: cal.subcomponents.remove(ev))
+
+    report = drift(pipeline, policy="report")
+
+    assert kinds(report) == [("missing", f"leave-{ids[0]}", False)]
+    assert feeds.keys("ann@example.com") == [f"leave-{ids[1]}"]
+
+
+def test_quarantined_leaves_event_is_reported_not_repaired_nor_deleted(setup, hr):
+    pipeline, ids, feeds = setup
+    hr.update_employee(2, email="bob-at-example.com")  # bob's leave is now quarantined
+
+    def retitle(cal, ev):
+        ev["SUMMARY"] = "edited"
+
+    feeds.edit("bob@example.com", f"leave-{ids[2]}", retitle)
+
+    report = drift(pipeline)
+
+    assert kinds(report) == [("modified", f"leave-{ids[2]}", False)]
+    assert "quarantined" in report.findings.iloc[0]["detail"]
+    assert [str(e["SUMMARY"]) for e in feeds.events("bob@example.com")] == ["edited"]
+
+
+def test_mass_orphan_delete_is_refused_unless_overridden(home, hr):
+    hr.employee(1, email="ann@example.com")
+    kept = hr.leave(1, day(0))
+    ids = [hr.leave(1, day(1 + n % 9), status="pending") for n in range(10)]
+    pipeline = Pipeline(make_config(home, hr.url))
+    pipeline.sync(SCOPES)
+    feeds = Feeds(home)
+    # Ten leaves gone from HR and the snapshot reset: their events are orphans of nobody.
+    hr.execute("DELETE FROM leaves WHERE id <> :kept", kept=kept)
+    with pipeline.state.engine().begin() as conn:
+        conn.execute(sa.text("DELETE FROM snapshot"))
+
+    refused = drift(pipeline)
+
+    assert kinds(refused) == sorted(
+        [("orphan", f"leave-{kept}", True)] + [("orphan", f"leave-{i}", False) for i in ids]
+    )
+    assert any("would delete 10 of 11" in n and "--allow-mass-delete" in n for n in refused.notes)
+    assert len(feeds.keys("ann@example.com")) == 11
+
+    forced = drift(pipeline, allow=True)
+
+    assert kinds(forced) == sorted(("orphan", f"leave-{i}", True) for i in ids)
+    assert feeds.keys("ann@example.com") == [f"leave-{kept}"]
+
+
+def test_unreadable_feed_is_an_error_naming_the_target(setup):
+    pipeline, ids, feeds = setup
+    feeds.path("ann@example.com").write_text("BEGIN:VCALENDAR\nthis is not ical", encoding="utf-8")
+
+    report = drift(pipeline)
+
+    assert len(report.errors) == 1 and report.errors[0].startswith("target feeds: reading back")
+
+
+def test_history_is_recorded_and_the_report_and_plot_are_written(setup, tmp_path):
+    pipeline, ids, feeds = setup
+    drift(pipeline)
+    feeds.edit("ann@example.com", f"leave-{ids[0]}", lambda cal, ev: cal.subcomponents.remove(ev))
+    report = drift(pipeline)
+
+    history = pipeline.state.drift_history()
+    runs = history_by_run(history)
+    page, png = write_report(tmp_path, history, report)
+
+    assert list(runs["missing"]) == [0, 1] and list(runs["repaired"]) == [0, 1]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = page.read_text(encoding="utf-8")
+    assert f"leave-{ids[0]}" in text and 'src="drift.png"' in text
+    table = report.by_entity_and_date()
+    assert table.to_dict("records") == [
+        {"legal_entity": "FR", "date": day(0).isoformat(), "missing": 1, "modified": 0,
+         "orphan": 0, "duplicate": 0, "stale": 0, "repaired": 1}
+    ]  # fmt: skip
+
+
+def test_remote_event_of_another_partition_is_not_an_orphan():
+    payload = EventPayload("leave-7", "7", "Absent", True, "2026-03-02", "2026-03-03",
+                           "Europe/Paris", "confirmed", "oof")  # fmt: skip
+    remote = [RemoteEvent("leave-7", "ann@example.com", "leave-7@leavesync", payload, "0")]
+    empty = pipeline_free_frame()
+
+    elsewhere = compare_target(empty, empty, remote, {("leave-7", "ann@example.com")},
+                               frozenset(), ("title",))  # fmt: skip
+    unknown = compare_target(empty, empty, remote, set(), frozenset(), ("title",), "FR")
+
+    assert elsewhere.findings == []
+    assert [(f["kind"], f["legal_entity"], f["repair"]) for f in unknown.findings] == [
+        ("orphan", "FR", "delete")
+    ]
+
+
+def pipeline_free_frame():
+    import pandas as pd
+
+    from assets.render import EVENT_COLUMNS
+    from resources.state import SNAPSHOT_COLUMNS
+
+    return pd.DataFrame(columns=sorted(set(EVENT_COLUMNS) | set(SNAPSHOT_COLUMNS)))
+
+
+def summary_rows(out: str, entity: str) -> list[list[str]]:
+    """Rows of the printed drift table: legal_entity, missing .. stale, repaired, status."""
+    table = out.split("drift report\n", 1)[1].splitlines()
+    return [line.split() for line in table[1:] if line.split()[:1] == [entity]]
+
+
+def test_cli_drift_reports_then_repairs_through_dagster(home, hr, capsys):
+    import yaml
+
+    from pipelines.cli import main
+
+    hr.employee(1, email="ann@example.com")
+    lid = hr.leave(1, DAY)
+    cfg_file = home / "leavesync.yaml"
+    cfg_file.write_text(yaml.safe_dump({"hr": {"url": hr.url}}))
+    window = ["--config", str(cfg_file), "--entity", "FR", "--from", DAY.isoformat()]
+    window += ["--to", day(1).isoformat()]
+    assert main(["sync", *window]) == 0
+    synced = capsys.readouterr().out
+    feeds = Feeds(home)
+    feeds.dir = home / "feeds" / "feeds"
+    feeds.edit("ann@example.com", f"leave-{lid}", lambda cal, ev: cal.subcomponents.remove(ev))
+
+    assert main(["drift", *window, "--report-only"]) == 0
+    reported = capsys.readouterr().out
+    assert feeds.keys("ann@example.com") == []
+    assert main(["drift", *window]) == 0
+    repaired = capsys.readouterr().out
+
+    assert summary_rows(synced, "FR") == [["FR", "0", "0", "0", "0", "0", "0", "ok"]]
+    assert summary_rows(reported, "FR") == [["FR", "1", "0", "0", "0", "0", "0", "ok"]]
+    assert summary_rows(repaired, "FR") == [["FR", "1", "0", "0", "0", "0", "1", "ok"]]
+    assert "drift_policy is report" in reported
+    assert feeds.keys("ann@example.com") == [f"leave-{lid}"]
+    report = home / "reports" / "drift.html"
+    assert f"drift report: {report}" in repaired and report.is_file()
