@@ -145,9 +145,42 @@ def cmd_sync(cfg: AppConfig, args: argparse.Namespace) -> int:
         progress=lambda m: print(m, flush=True),
     )
     code = report(runs, dry_run=args.dry_run)
+    print_quarantine(cfg, [r.run_id for r in runs])
     if not args.dry_run:
         print_drift(cfg, [(r.entity_key, r.run_id, r.status) for r in runs])
     return code
+
+
+def print_quarantine(cfg: AppConfig, run_ids: list[str], limit: int = 20) -> None:
+    """Print the rows these runs quarantined: leave, partition, rule and why."""
+    import os
+
+    from resources.state import StateStore
+
+    url = os.environ.get(cfg.state.url_env, "") if cfg.state.url_env else cfg.state_url()
+    if not url:
+        return
+    state = StateStore(url=url)
+    frames = [state.quarantine_for_run(r) for r in run_ids]
+    found = (
+        pd.concat([f for f in frames if len(f)], ignore_index=True)
+        if any(len(f) for f in frames)
+        else pd.DataFrame()
+    )
+    if found.empty:
+        return
+    errors = found[found["severity"] == "error"]
+    print(
+        f"\nquarantined rows ({len(errors)}; skipped, kept in the state store's quarantine table)"
+    )
+    cols = ["partition", "leave_id", "start_date", "rule", "message"]
+    print(errors[cols].head(limit).to_string(index=False))
+    if len(errors) > limit:
+        print(f"... and {len(errors) - limit} more")
+    warnings = found[found["severity"] == "warn"]
+    if len(warnings):
+        counts = warnings.groupby("rule").size().to_dict()
+        print("warnings (synced): " + ", ".join(f"{n} {rule}" for rule, n in counts.items()))
 
 
 def report(runs, dry_run: bool = False) -> int:
@@ -241,6 +274,7 @@ def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
     date_from, date_to = nightly_window(cfg, dt.date.today())
     runs = reconcile(cfg, None, date_from, date_to, progress=lambda m: print(m, flush=True))
     code = report(runs)
+    print_quarantine(cfg, [r.run_id for r in runs])
     print_drift(cfg, [(r.entity_key, r.run_id, r.status) for r in runs])
     feeds = [t for t in cfg.targets if t.type == "ics"]
     for t in feeds:
