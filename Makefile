@@ -10,7 +10,7 @@ export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
 # Per-partition materializations of a range run stored in batches (PostgreSQL storage).
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install demo sync test ui lint format bench bench-smoke services clean
+.PHONY: install demo sync test ui lint format bench bench-smoke bench-providers services clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,11 @@ bench: install services  ## the scale benchmark (BENCH_ARGS="--employees 50000 -
 
 bench-smoke: install  ## a seconds-long run of the scale benchmark, so it cannot rot
 	$(BIN)/python -m bench.scale --smoke
+
+bench-providers: install  ## Google, Graph and EWS providers against their emulators
+	$(BIN)/python -m bench.google_bench
+	$(BIN)/python -m bench.graph_bench
+	$(BIN)/python -m bench.ews_bench
 
 clean:
 	rm -rf $(VENV) .leavesync
