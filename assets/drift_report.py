@@ -41,6 +41,8 @@ def plot_history(history: pd.DataFrame, path: Path) -> Path:
             ax.plot(pd.to_datetime(runs["at"]), runs[kind], marker="o", markersize=3, label=kind)
         ax.set_title("Calendar drift per run (all targets and legal entities)")
         ax.set_ylabel("events")
+        ax.set_ylim(bottom=0, top=max(1, int(runs[list(KINDS)].to_numpy().max(initial=0))) * 1.1)
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.legend(loc="upper left", fontsize="small")
         ax.grid(alpha=0.3)
         if runs.empty:
