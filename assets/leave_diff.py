@@ -215,9 +215,7 @@ def _codes(hr: HRDatabase, scope: EntityScope) -> list[str]:
     return hr.codes_for_key(scope.entity_key) or [scope.entity_key]
 
 
-def snapshot_in_scope(
-    state: StateStore, hr: HRDatabase, scopes: list[EntityScope]
-) -> pd.DataFrame:
+def snapshot_in_scope(state: StateStore, hr: HRDatabase, scopes: list[EntityScope]) -> pd.DataFrame:
     """Snapshot rows (all targets) of the run's legal entities and partition dates."""
     frames = []
     for scope in scopes:
