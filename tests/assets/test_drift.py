@@ -334,3 +334,46 @@ def test_cli_drift_reports_then_repairs_through_dagster(home, hr, capsys):
     assert feeds.keys("ann@example.com") == [f"leave-{lid}"]
     report = home / "reports" / "drift.html"
     assert f"drift report: {report}" in repaired and report.is_file()
+
+
+def test_google_target_drift_modified_repaired_and_users_copy_kept(home, hr, monkeypatch):
+    import json
+
+    from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
+
+    info, public_key = make_service_account()
+    emulator = GoogleCalendarEmulator(info["client_email"], public_key, {"ann@example.com"})
+    emulator.start()
+    monkeypatch.setenv("LEAVESYNC_TEST_GOOGLE_KEY", json.dumps(info))
+    try:
+        settings = {
+            "service_account_key_env": "LEAVESYNC_TEST_GOOGLE_KEY",
+            "api_base_url": emulator.base_url,
+            "token_uri": emulator.token_uri,
+            "batch_uri": emulator.batch_uri,
+        }
+        targets = [{"name": "workspace", "type": "google", "settings": settings}]
+        hr.employee(1, email="ann@example.com")
+        edited, copied = hr.leave(1, day(0)), hr.leave(1, day(3))
+        pipeline = Pipeline(make_config(home, hr.url, targets=targets))
+        pipeline.sync(SCOPES)
+        by_key = {
+            e["extendedProperties"]["private"]["leavesyncKey"]: e
+            for e in emulator.events("ann@example.com")
+        }
+        emulator.edit_event("ann@example.com", by_key[f"leave-{edited}"]["id"], summary="Golf")
+        user_copy = {k: v for k, v in by_key[f"leave-{copied}"].items() if k not in ("id", "etag")}
+        emulator.put_event("ann@example.com", user_copy)
+
+        report = drift(pipeline)
+
+        assert kinds(report) == [
+            ("duplicate", f"leave-{copied}", False),
+            ("modified", f"leave-{edited}", True),
+        ]
+        events = emulator.events("ann@example.com")
+        keys = sorted(e["extendedProperties"]["private"]["leavesyncKey"] for e in events)
+        assert keys == sorted([f"leave-{edited}", f"leave-{copied}", f"leave-{copied}"])
+        assert "Golf" not in {e["summary"] for e in events}
+    finally:
+        emulator.stop()
