@@ -146,8 +146,6 @@ def cmd_sync(cfg: AppConfig, args: argparse.Namespace) -> int:
     )
     code = report(runs, dry_run=args.dry_run)
     print_quarantine(cfg, [r.run_id for r in runs])
-    if not args.dry_run:
-        print_drift(cfg, [(r.entity_key, r.run_id, r.status) for r in runs])
     return code
 
 
@@ -275,7 +273,8 @@ def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
     runs = reconcile(cfg, None, date_from, date_to, progress=lambda m: print(m, flush=True))
     code = report(runs)
     print_quarantine(cfg, [r.run_id for r in runs])
-    print_drift(cfg, [(r.entity_key, r.run_id, r.status) for r in runs])
+    print("\nreading the calendars back for the drift report")
+    code = max(code, run_drift(cfg, None, date_from, date_to))
     feeds = [t for t in cfg.targets if t.type == "ics"]
     for t in feeds:
         from resources.providers.ics import IcsProvider
@@ -288,53 +287,38 @@ def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 def cmd_drift(cfg: AppConfig, args: argparse.Namespace) -> int:
     """One Dagster run of the drift job per legal entity; print the drift summary."""
-    from dagster import DagsterInstance
-
-    from assets.drift import DRIFT_POLICY_TAG
-    from assets.leave_diff import ALLOW_MASS_DELETE_TAG, SAFETY_CHECK
-    from pipelines.definitions import DRIFT_JOB, build_definitions
-    from pipelines.partitions import range_tags
-    from pipelines.runner import ensure_dagster_home, sync_entity_partitions
-
     date_from, date_to = _window(cfg, args)
-    ensure_dagster_home(cfg)
-    defs = build_definitions(cfg)
-    instance = DagsterInstance.get()
-    known = sync_entity_partitions(instance, defs.resources["hr"])
-    unknown = [k for k in args.entity if k not in known]
-    if unknown:
-        raise ConfigError(
-            f"unknown legal entity: {', '.join(unknown)} (HR knows: {', '.join(known)})"
-        )
-    job = defs.resolve_job_def(DRIFT_JOB)
-    runs = []
-    for key in args.entity or known:
-        tags = {**range_tags(key, date_from, date_to), "leavesync/trigger": "cli"}
-        if args.report_only:
-            tags[DRIFT_POLICY_TAG] = "report"
-        if args.allow_mass_delete:
-            tags[ALLOW_MASS_DELETE_TAG] = "true"
-        print(f"{key}: measuring drift {date_from}..{date_to}", flush=True)
-        result = job.execute_in_process(
-            instance=instance,
-            tags=tags,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
-        blocked = any(
-            ev.check_name == SAFETY_CHECK and not ev.passed
-            for ev in result.get_asset_check_evaluations()
-        )
-        status = "blocked" if blocked else ("ok" if result.success else "failed")
-        runs.append((key, result.run_id, status))
-        if blocked:
-            try:
-                plan = result.output_for_node("leave_diff")
-                for refusal in plan.refusals:
-                    print(f"{key}: {refusal.message()}")
-            except Exception:  # noqa: BLE001 - the step failed before producing its plan
-                pass
-    return print_drift(cfg, runs)
+    return run_drift(
+        cfg, args.entity or None, date_from, date_to, args.report_only, args.allow_mass_delete
+    )
+
+
+def run_drift(
+    cfg: AppConfig,
+    entities: list[str] | None,
+    date_from: dt.date,
+    date_to: dt.date,
+    report_only: bool = False,
+    allow_mass_delete: bool = False,
+) -> int:
+    from assets.drift import DRIFT_POLICY_TAG
+    from pipelines.definitions import DRIFT_JOB
+    from pipelines.runner import run_job
+
+    runs = run_job(
+        cfg,
+        DRIFT_JOB,
+        entities,
+        date_from,
+        date_to,
+        allow_mass_delete=allow_mass_delete,
+        tags={DRIFT_POLICY_TAG: "report"} if report_only else None,
+        progress=lambda m: print(m, flush=True),
+    )
+    for run in runs:
+        for msg in run.messages:
+            print(f"{run.entity_key}: {msg}")
+    return print_drift(cfg, [(r.entity_key, r.run_id, r.status) for r in runs])
 
 
 def print_drift(cfg: AppConfig, runs: list[tuple[str, str, str]]) -> int:

@@ -54,6 +54,7 @@ class WindowConfig(_Model):
     lookback_days: int = Field(default=30, ge=0, le=3650)
     horizon_days: int = Field(default=365, ge=0, le=3650)
     cron: str = "0 2 * * *"
+    drift_cron: str = "0 5 * * *"
     timezone: str = "UTC"
     partitions_start: dt.date = dt.date(2024, 1, 1)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import AppConfig
+from pipelines.config import AppConfig, ConfigError
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
 
@@ -62,36 +62,63 @@ def reconcile(
     allow_mass_delete: bool = False,
     progress=print,
 ) -> list[EntityRun]:
-    """One Dagster run per legal entity over [date_from, date_to]."""
+    """One reconciliation run (or plan run, for a dry run) per legal entity."""
+    from pipelines.definitions import PLAN_JOB
+    from pipelines.schedules import RECONCILE_JOB
+
+    return run_job(
+        cfg,
+        PLAN_JOB if dry_run else RECONCILE_JOB,
+        entity_keys,
+        date_from,
+        date_to,
+        allow_mass_delete=allow_mass_delete,
+        progress=progress,
+    )
+
+
+def run_job(
+    cfg: AppConfig,
+    job_name: str,
+    entity_keys: list[str] | None,
+    date_from: dt.date,
+    date_to: dt.date,
+    allow_mass_delete: bool = False,
+    tags: dict[str, str] | None = None,
+    progress=print,
+) -> list[EntityRun]:
+    """One Dagster run of ``job_name`` per legal entity over [date_from, date_to]."""
     ensure_dagster_home(cfg)
     from dagster import DagsterInstance
 
     from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, SAFETY_CHECK
     from assets.sync import CALENDAR_SYNC
-    from pipelines.definitions import PLAN_JOB, build_definitions
+    from pipelines.definitions import build_definitions
     from pipelines.partitions import range_tags
-    from pipelines.schedules import RECONCILE_JOB
 
     defs = build_definitions(cfg)
-    hr = defs.resources["hr"]
     instance = DagsterInstance.get()
-    known = sync_entity_partitions(instance, hr)
+    known = sync_entity_partitions(instance, defs.resources["hr"])
     keys = entity_keys or known
     unknown = [k for k in keys if k not in known]
     if unknown:
-        raise SystemExit(
+        raise ConfigError(
             f"unknown legal entity: {', '.join(unknown)} (HR knows: {', '.join(known)})"
         )
-    job = defs.resolve_job_def(PLAN_JOB if dry_run else RECONCILE_JOB)
+    job = defs.resolve_job_def(job_name)
     runs = []
     for key in keys:
-        tags = {**range_tags(key, date_from, date_to), "leavesync/trigger": "cli"}
+        run_tags = {
+            **range_tags(key, date_from, date_to),
+            "leavesync/trigger": "cli",
+            **(tags or {}),
+        }
         if allow_mass_delete:
-            tags[ALLOW_MASS_DELETE_TAG] = "true"
-        progress(f"{key}: reconciling {date_from}..{date_to}{' (dry run)' if dry_run else ''}")
+            run_tags[ALLOW_MASS_DELETE_TAG] = "true"
+        progress(f"{key}: {job_name} {date_from}..{date_to}")
         result = job.execute_in_process(
             instance=instance,
-            tags=tags,
+            tags=run_tags,
             raise_on_error=False,
             # The run's full event log is in the instance (and the UI); the terminal gets warnings.
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},

@@ -17,30 +17,34 @@ def nightly_window(cfg: AppConfig, today: dt.date) -> tuple[dt.date, dt.date]:
 
 
 def nightly_run_requests(
-    cfg: AppConfig, entity_keys: list[str], today: dt.date
+    cfg: AppConfig, entity_keys: list[str], today: dt.date, schedule_name: str = "nightly"
 ) -> list[RunRequest]:
     date_from, date_to = nightly_window(cfg, today)
     return [
         RunRequest(
-            run_key=f"nightly-{today.isoformat()}-{key}",
-            tags={**range_tags(key, date_from, date_to), "leavesync/trigger": "nightly"},
+            run_key=f"{schedule_name}-{today.isoformat()}-{key}",
+            tags={**range_tags(key, date_from, date_to), "leavesync/trigger": schedule_name},
         )
         for key in sorted(entity_keys)
     ]
 
 
-def build_nightly_schedule(cfg: AppConfig) -> ScheduleDefinition:
+def build_nightly_schedule(
+    cfg: AppConfig, name: str, job_name: str, cron: str
+) -> ScheduleDefinition:
+    """A schedule running ``job_name`` over the window for every legal entity, one run each."""
+
     @schedule(
-        name="nightly_reconciliation",
-        cron_schedule=cfg.window.cron,
+        name=name,
+        cron_schedule=cron,
         execution_timezone=cfg.window.timezone,
-        job_name=RECONCILE_JOB,
-        description="Reconciles the window for every legal entity, one run per entity.",
+        job_name=job_name,
+        description=f"Runs {job_name} over the window for every legal entity, one run per entity.",
     )
-    def nightly_reconciliation(context: ScheduleEvaluationContext):
+    def _schedule(context: ScheduleEvaluationContext):
         when = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
         today = when.astimezone(ZoneInfo(cfg.window.timezone)).date()
         keys = context.instance.get_dynamic_partitions(ENTITY_DIMENSION)
-        return nightly_run_requests(cfg, keys, today)
+        return nightly_run_requests(cfg, keys, today, name)
 
-    return nightly_reconciliation
+    return _schedule

@@ -316,6 +316,7 @@ def test_cli_drift_reports_then_repairs_through_dagster(home, hr, capsys):
     window = ["--config", str(cfg_file), "--entity", "FR", "--from", DAY.isoformat()]
     window += ["--to", day(1).isoformat()]
     assert main(["sync", *window]) == 0
+    assert main(["drift", *window]) == 0  # drift has its own job and schedule
     synced = capsys.readouterr().out
     feeds = Feeds(home)
     feeds.dir = home / "feeds" / "feeds"

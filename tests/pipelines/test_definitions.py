@@ -84,3 +84,14 @@ def test_scope_groups_multi_partition_keys_by_entity():
         ("FR", "2026-01-01", "2026-01-02", 2),
         ("US", "2026-01-05", "2026-01-05", 1),
     ]
+
+
+def test_drift_report_has_its_own_job_and_schedule(home, hr):
+    cfg = make_config(home, hr.url, window={"drift_cron": "0 6 * * 1"})
+    defs = build_definitions(cfg)
+    schedule = defs.get_schedule_def("drift_report")
+    assert schedule.job_name == "drift" and schedule.cron_schedule == "0 6 * * 1"
+    reconcile = defs.resolve_job_def("reconcile")
+    assert "sync_drift" not in {
+        k.to_user_string() for k in reconcile.asset_layer.selected_asset_keys
+    }
