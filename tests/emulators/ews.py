@@ -25,6 +25,8 @@ from pathlib import Path
 
 from lxml import etree
 
+from tests.emulators.pki import TestPki, make_test_pki
+
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 M = "http://schemas.microsoft.com/exchange/services/2006/messages"
 T = "http://schemas.microsoft.com/exchange/services/2006/types"
@@ -125,74 +127,9 @@ class RequestRecord:
     at: float = 0.0  # time.monotonic() when it arrived
 
 
-@dataclass
-class TlsFiles:
-    """A throw-away CA and a server certificate for 127.0.0.1 signed by it (PEM paths)."""
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-
-
-def make_tls_files(directory: Path) -> TlsFiles:
-    """Create a private CA and a 127.0.0.1 server certificate, as an on-premises PKI would."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leavesync test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.server_key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return files
+def make_tls_files(directory: Path) -> TestPki:
+    """A private CA and a 127.0.0.1 server certificate, as an on-premises PKI would have."""
+    return make_test_pki(directory)
 
 
 class EwsEmulator:
@@ -205,7 +142,7 @@ class EwsEmulator:
         username: str = "svc-leavesync",
         password: str = "emulator-password",
         impersonable: Iterable[str] | None = None,
-        tls: TlsFiles | None = None,
+        tls: TestPki | None = None,
         build: tuple[int, int, int, int] = (15, 1, 2507, 6),
         seed: int = 0,
     ) -> None:
@@ -242,7 +179,7 @@ class EwsEmulator:
         self._server.daemon_threads = True
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(self.tls.server_cert, self.tls.server_key)
+            context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), daemon=True

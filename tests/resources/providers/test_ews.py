@@ -589,7 +589,7 @@ def test_tls_with_custom_ca_bundle_and_untrusted_certificate(
         monkeypatch.setenv(PASSWORD_ENV, emulator.password)
         common = dict(username=emulator.username, password_env=PASSWORD_ENV, auth_type="basic")
         trusted = EwsCalendarProvider(
-            "tls", EwsSettings(ews_url=emulator.url, ca_bundle=str(tls.ca_cert), **common)
+            "tls", EwsSettings(ews_url=emulator.url, ca_bundle=str(tls.ca_file), **common)
         )
         try:
             assert trusted.check(ALICE).ok

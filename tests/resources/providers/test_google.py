@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 
 import pytest
 
@@ -23,6 +22,7 @@ from resources.providers.google import (
 )
 from tests.emulators import google_calendar as emulator_module
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
+from tests.emulators.pki import make_test_pki
 
 google_calendar = emulator_module.google_calendar  # the emulator fixture
 
@@ -428,57 +428,6 @@ def test_tls_with_a_custom_ca_bundle(monkeypatch, tmp_path):
 
 
 def _test_ca(tmp_path):
-    """A throwaway CA and a certificate for 127.0.0.1 signed by it (openssl CLI)."""
-
-    def run(*args):
-        subprocess.run(args, check=True, capture_output=True, cwd=tmp_path)
-
-    run(
-        "openssl",
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=leavesync test CA",
-    )
-    (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-    run(
-        "openssl",
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    )
-    run(
-        "openssl",
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    )
-    return tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it."""
+    pki = make_test_pki(tmp_path / "pki")
+    return pki.ca_file, pki.cert_file, pki.key_file
