@@ -133,10 +133,16 @@ class StateStore(ConfigurableResource):
         """Snapshot rows (all targets) of these event keys, wherever their partition is."""
         keys = list(dict.fromkeys(event_keys))
         frames = [
-            self._frame(sa.select(snapshot_table).where(snapshot_table.c.event_key.in_(keys[i : i + 500])))
+            self._frame(
+                sa.select(snapshot_table).where(snapshot_table.c.event_key.in_(keys[i : i + 500]))
+            )
             for i in range(0, len(keys), 500)
         ]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SNAPSHOT_COLUMNS)
+        return (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=SNAPSHOT_COLUMNS)
+        )
 
     def snapshot_all(self, target: str | None = None) -> pd.DataFrame:
         stmt = sa.select(snapshot_table)
@@ -194,12 +200,19 @@ class StateStore(ConfigurableResource):
         with self.engine().begin() as conn:
             conn.execute(
                 sa.update(t)
-                .where(t.c.target == sa.bindparam("b_target"), t.c.event_key == sa.bindparam("b_key"))
+                .where(
+                    t.c.target == sa.bindparam("b_target"), t.c.event_key == sa.bindparam("b_key")
+                )
                 .values(
                     legal_entity=sa.bindparam("b_entity"), partition_date=sa.bindparam("b_date")
                 ),
                 [
-                    {"b_target": r.target, "b_key": r.event_key, "b_entity": r.legal_entity, "b_date": r.partition_date}
+                    {
+                        "b_target": r.target,
+                        "b_key": r.event_key,
+                        "b_entity": r.legal_entity,
+                        "b_date": r.partition_date,
+                    }
                     for r in rows.itertuples(index=False)
                 ],
             )
@@ -263,4 +276,3 @@ def _opt(value: object, limit: int = 191) -> str | None:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return None
     return str(value)[:limit]
-
