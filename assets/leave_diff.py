@@ -92,7 +92,7 @@ def plan(
 ) -> LeaveDiff:
     """Validate, render and diff one run's leaves; run the GX suite on the diff, then the
     blast-radius rules per entity and for the run."""
-    in_scope = snapshot_in_scope(state, hr, scopes)
+    in_scope = snapshot_in_scope(state, hr, scopes, with_payload=False)
     # Leaves exported from this scope but no longer extracted here: moved, or gone from HR.
     extracted_ids = set(leaves["leave_id"].dropna()) if len(leaves) else set()
     missing = sorted(set(in_scope["leave_id"]) - extracted_ids)
@@ -119,7 +119,7 @@ def plan(
     ]
     snapshot = in_scope
     if outside:
-        extra = state.snapshot_for_keys(outside)
+        extra = state.snapshot_for_keys(outside, with_payload=False)
         snapshot = pd.concat([in_scope, extra], ignore_index=True).drop_duplicates(
             ["target", "event_key"]
         )
@@ -215,11 +215,15 @@ def _codes(hr: HRDatabase, scope: EntityScope) -> list[str]:
     return hr.codes_for_key(scope.entity_key) or [scope.entity_key]
 
 
-def snapshot_in_scope(state: StateStore, hr: HRDatabase, scopes: list[EntityScope]) -> pd.DataFrame:
+def snapshot_in_scope(
+    state: StateStore, hr: HRDatabase, scopes: list[EntityScope], with_payload: bool = True
+) -> pd.DataFrame:
     """Snapshot rows (all targets) of the run's legal entities and partition dates."""
     frames = []
     for scope in scopes:
-        frame = state.snapshot_in_scope(_codes(hr, scope), scope.date_from, scope.date_to)
+        frame = state.snapshot_in_scope(
+            _codes(hr, scope), scope.date_from, scope.date_to, with_payload
+        )
         frames.append(frame[frame["partition_date"].isin(scope.dates)])
     frames = [f for f in frames if len(f)]
     return (

@@ -53,8 +53,18 @@ def load_hr(url: str, today: dt.date, entities: int, employees: int, leaves: int
                 rows = data[table.name]
                 for i in range(0, len(rows), 20000):
                     conn.execute(table.insert(), rows[i : i + 20000])
+    analyze(engine)
     engine.dispose()
     return {name: len(rows) for name, rows in data.items()}
+
+
+def analyze(engine: Any) -> None:
+    """Planner statistics, as a live HR database has: without them PostgreSQL picks nested
+    loops for the extract's joins and one entity's extract takes minutes instead of 0.3 s."""
+    import sqlalchemy as sa
+
+    with engine.begin() as conn:
+        conn.execute(sa.text("ANALYZE"))
 
 
 def change_one_percent(url: str, today: dt.date, seed: int = 5) -> dict[str, int]:
@@ -130,6 +140,7 @@ def change_one_percent(url: str, today: dt.date, seed: int = 5) -> dict[str, int
         for r in new:
             r["end_date"] = r["start_date"] + dt.timedelta(days=rng.randint(0, 4))
         conn.execute(t.insert(), new)
+    analyze(engine)
     engine.dispose()
     return {"edited": len(edits), "cancelled": len(cancels), "moved": len(moves), "new": len(new)}
 

@@ -116,25 +116,33 @@ class StateStore(ConfigurableResource):
 
     # --- snapshot -------------------------------------------------------------------------
     def snapshot_in_scope(
-        self, legal_entities: Sequence[str], date_from: dt.date, date_to: dt.date
+        self,
+        legal_entities: Sequence[str],
+        date_from: dt.date,
+        date_to: dt.date,
+        with_payload: bool = True,
     ) -> pd.DataFrame:
         """Snapshot rows (all targets) of these legal entities whose partition date is in range."""
         if not legal_entities:
             return pd.DataFrame(columns=SNAPSHOT_COLUMNS)
         t = snapshot_table
-        stmt = sa.select(t).where(
+        stmt = _select_snapshot(with_payload).where(
             t.c.legal_entity.in_(list(legal_entities)),
             t.c.partition_date >= date_from.isoformat(),
             t.c.partition_date <= date_to.isoformat(),
         )
         return self._frame(stmt)
 
-    def snapshot_for_keys(self, event_keys: Iterable[str]) -> pd.DataFrame:
+    def snapshot_for_keys(
+        self, event_keys: Iterable[str], with_payload: bool = True
+    ) -> pd.DataFrame:
         """Snapshot rows (all targets) of these event keys, wherever their partition is."""
         keys = list(dict.fromkeys(event_keys))
         frames = [
             self._frame(
-                sa.select(snapshot_table).where(snapshot_table.c.event_key.in_(keys[i : i + 500]))
+                _select_snapshot(with_payload).where(
+                    snapshot_table.c.event_key.in_(keys[i : i + 500])
+                )
             )
             for i in range(0, len(keys), 500)
         ]
@@ -270,6 +278,13 @@ class StateStore(ConfigurableResource):
 
     def drift_history(self) -> pd.DataFrame:
         return self._frame(sa.select(drift_history_table).order_by(drift_history_table.c.at))
+
+
+def _select_snapshot(with_payload: bool) -> sa.Select:
+    """The snapshot's columns; the diff does not need the (large) written payloads."""
+    if with_payload:
+        return sa.select(snapshot_table)
+    return sa.select(*(c for c in snapshot_table.columns if c.name != "payload"))
 
 
 def _opt(value: object, limit: int = 191) -> str | None:
