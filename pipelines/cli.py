@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--allow-mass-delete", action="store_true", help="override the blast-radius refusal"
     )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="legal entities reconciled at once, each in its own process (default 1)",
+    )
 
     r = sub.add_parser(
         "drift", help="read the calendars back, report drift from the snapshot and HR, repair it"
@@ -143,6 +150,7 @@ def cmd_sync(cfg: AppConfig, args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         allow_mass_delete=args.allow_mass_delete,
         progress=lambda m: print(m, flush=True),
+        workers=args.workers,
     )
     code = report(runs, dry_run=args.dry_run)
     print_quarantine(cfg, [r.run_id for r in runs])

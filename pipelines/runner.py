@@ -61,6 +61,7 @@ def reconcile(
     dry_run: bool = False,
     allow_mass_delete: bool = False,
     progress=print,
+    workers: int = 1,
 ) -> list[EntityRun]:
     """One reconciliation run (or plan run, for a dry run) per legal entity."""
     from pipelines.definitions import PLAN_JOB
@@ -74,6 +75,7 @@ def reconcile(
         date_to,
         allow_mass_delete=allow_mass_delete,
         progress=progress,
+        workers=workers,
     )
 
 
@@ -86,27 +88,28 @@ def run_job(
     allow_mass_delete: bool = False,
     tags: dict[str, str] | None = None,
     progress=print,
+    workers: int = 1,
 ) -> list[EntityRun]:
-    """One Dagster run of ``job_name`` per legal entity over [date_from, date_to]."""
+    """One Dagster run of ``job_name`` per legal entity over [date_from, date_to].
+
+    ``workers`` > 1 runs that many entity runs at once, each in its own process.
+    """
     ensure_dagster_home(cfg)
     from dagster import DagsterInstance
 
-    from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, SAFETY_CHECK
-    from assets.sync import CALENDAR_SYNC
+    from assets.leave_diff import ALLOW_MASS_DELETE_TAG
     from pipelines.definitions import build_definitions
     from pipelines.partitions import range_tags
 
     defs = build_definitions(cfg)
-    instance = DagsterInstance.get()
-    known = sync_entity_partitions(instance, defs.resources["hr"])
+    known = sync_entity_partitions(DagsterInstance.get(), defs.resources["hr"])
     keys = entity_keys or known
     unknown = [k for k in keys if k not in known]
     if unknown:
         raise ConfigError(
             f"unknown legal entity: {', '.join(unknown)} (HR knows: {', '.join(known)})"
         )
-    job = defs.resolve_job_def(job_name)
-    runs = []
+    requests = []
     for key in keys:
         run_tags = {
             **range_tags(key, date_from, date_to),
@@ -115,43 +118,85 @@ def run_job(
         }
         if allow_mass_delete:
             run_tags[ALLOW_MASS_DELETE_TAG] = "true"
-        progress(f"{key}: {job_name} {date_from}..{date_to}")
-        result = job.execute_in_process(
-            instance=instance,
-            tags=run_tags,
-            raise_on_error=False,
-            # The run's full event log is in the instance (and the UI); the terminal gets warnings.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
-        run = EntityRun(key, result.run_id, "ok" if result.success else "failed")
-        blocked = [
-            ev
-            for ev in result.get_asset_check_evaluations()
-            if ev.check_name == SAFETY_CHECK and not ev.passed
-        ]
-        if blocked:
-            run.status = "blocked"
-        try:
-            run.plan = result.output_for_node(LEAVE_DIFF)
-        except Exception:  # noqa: BLE001 - the step failed before producing its plan
-            run.plan = None
-        if run.plan is not None:
-            run.messages += [r.message() for r in run.plan.refusals]
-            run.messages += [f"override: {r.message()}" for r in run.plan.overridden]
-        for mat in result.get_asset_materialization_events():
-            if mat.asset_key.to_user_string() == CALENDAR_SYNC:
-                meta = mat.materialization.metadata.get("summary")
-                if meta is not None:
-                    run.summary = pd.DataFrame(meta.value)
-                break
-        if run.summary is None and run.plan is not None:
-            run.summary = run.plan.summary().rename(
-                columns={"create": "created", "update": "updated", "delete": "deleted"}
+        requests.append((key, run_tags))
+    if workers <= 1 or len(requests) <= 1:
+        runs = []
+        for key, run_tags in requests:
+            progress(f"{key}: {job_name} {date_from}..{date_to}")
+            runs.append(_execute(defs, job_name, key, run_tags))
+        return runs
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = []
+        for key, run_tags in requests:
+            progress(f"{key}: {job_name} {date_from}..{date_to} (queued)")
+            futures.append(
+                pool.submit(_execute_in_worker, cfg.model_dump_json(), job_name, key, run_tags)
             )
-        for ev in result.all_events:
-            if ev.is_failure and ev.event_specific_data is not None:
-                err = getattr(ev.event_specific_data, "error", None)
-                if err is not None and not blocked:
-                    run.messages.append(err.message.strip().splitlines()[-1])
-        runs.append(run)
-    return runs
+        return [f.result() for f in futures]
+
+
+_WORKER_DEFS: dict[str, object] = {}
+
+
+def _execute_in_worker(
+    cfg_json: str, job_name: str, key: str, run_tags: dict[str, str]
+) -> EntityRun:
+    """A worker process's run; its Definitions are built once per process."""
+    if cfg_json not in _WORKER_DEFS:
+        from pipelines.definitions import build_definitions
+
+        cfg = AppConfig.model_validate_json(cfg_json)
+        ensure_dagster_home(cfg)
+        _WORKER_DEFS[cfg_json] = build_definitions(cfg)
+    return _execute(_WORKER_DEFS[cfg_json], job_name, key, run_tags)
+
+
+def _execute(defs, job_name: str, key: str, run_tags: dict[str, str]) -> EntityRun:
+    """One run in this process; what the CLI reports of it."""
+    from dagster import DagsterInstance
+
+    from assets.leave_diff import LEAVE_DIFF, SAFETY_CHECK
+    from assets.sync import CALENDAR_SYNC
+
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=DagsterInstance.get(),
+        tags=run_tags,
+        raise_on_error=False,
+        # The run's full event log is in the instance (and the UI); the terminal gets warnings.
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    run = EntityRun(key, result.run_id, "ok" if result.success else "failed")
+    blocked = [
+        ev
+        for ev in result.get_asset_check_evaluations()
+        if ev.check_name == SAFETY_CHECK and not ev.passed
+    ]
+    if blocked:
+        run.status = "blocked"
+    try:
+        run.plan = result.output_for_node(LEAVE_DIFF)
+    except Exception:  # noqa: BLE001 - the step failed before producing its plan
+        run.plan = None
+    if run.plan is not None:
+        run.messages += [r.message() for r in run.plan.refusals]
+        run.messages += [f"override: {r.message()}" for r in run.plan.overridden]
+    for mat in result.get_asset_materialization_events():
+        if mat.asset_key.to_user_string() == CALENDAR_SYNC:
+            meta = mat.materialization.metadata.get("summary")
+            if meta is not None:
+                run.summary = pd.DataFrame(meta.value)
+            break
+    if run.summary is None and run.plan is not None:
+        run.summary = run.plan.summary().rename(
+            columns={"create": "created", "update": "updated", "delete": "deleted"}
+        )
+    for ev in result.all_events:
+        if ev.is_failure and ev.event_specific_data is not None:
+            err = getattr(ev.event_specific_data, "error", None)
+            if err is not None and not blocked:
+                run.messages.append(err.message.strip().splitlines()[-1])
+    return run

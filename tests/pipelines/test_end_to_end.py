@@ -257,3 +257,21 @@ def test_killed_mid_apply_then_rerun_gives_exactly_the_right_events(home, hr, cr
 
     snap = StateStore(url=f"sqlite:///{home / 'state.sqlite'}").snapshot_all()
     assert sorted(snap["event_key"] + "@leavesync") == sorted(uids)
+
+
+def test_entities_reconciled_two_at_a_time_give_the_same_result(home, hr):
+    ids = seed(hr)
+    cfg = make_config(home, hr.url)
+    runs = reconcile(cfg, None, START, END, progress=lambda m: None, workers=2)
+    assert sorted(r.entity_key for r in runs) == ["FR", "US", "_unassigned"]
+    assert all(r.status == "ok" for r in runs), [(r.entity_key, r.messages) for r in runs]
+    created = {r.entity_key: int(r.summary["created"].sum()) for r in runs}
+    assert created == {"FR": 2, "US": 3, "_unassigned": 0}
+    uids = {str(e.uid.value) for evs in read_feeds(home / "feeds").values() for e in evs}
+    assert uids == {
+        f"leave-{ids[k]}@leavesync" for k in ("whole", "pending", "sick", "half", "hourly")
+    }
+    again = reconcile(cfg, None, START, END, progress=lambda m: None, workers=2)
+    assert (
+        sum(int(r.summary[["created", "updated", "deleted"]].to_numpy().sum()) for r in again) == 0
+    )
