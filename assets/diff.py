@@ -57,7 +57,7 @@ def compute_diff(
     parts: list[pd.DataFrame] = []
     relocations: list[pd.DataFrame] = []
     unchanged: list[pd.DataFrame] = []
-    targets = sorted(set(desired["target"]) | set(snap["target"]))
+    targets = sorted(set(desired["target"].unique()) | set(snap["target"].unique()))
     for target in targets:
         want = desired[desired["target"] == target]
         have = snap[snap["target"] == target]
@@ -65,15 +65,14 @@ def compute_diff(
         pos = pd.Index(have["event_key"]).get_indexer(want["event_key"])
         matched = pos >= 0
         at = pos[matched]
-        old = {c: have[c].to_numpy()[at] for c in ("calendar", "legal_entity", "partition_date")}
         old_fp = have["fingerprint"].to_numpy(dtype="int64")[at]
         both = want[matched]
-        moved_calendar = both["calendar"].to_numpy() != old["calendar"]
+        moved_calendar = _differs(both["calendar"], have["calendar"], at)
         changed = ~moved_calendar & (both["fingerprint"].to_numpy(dtype="int64") != old_fp)
         same = ~moved_calendar & ~changed
         relocated = same & (
-            (both["legal_entity"].to_numpy() != old["legal_entity"])
-            | (both["partition_date"].to_numpy() != old["partition_date"])
+            _differs(both["legal_entity"], have["legal_entity"], at)
+            | _differs(both["partition_date"], have["partition_date"], at)
         )
         gone = np.ones(len(have), dtype=bool)
         gone[at] = False
@@ -111,6 +110,17 @@ def compute_diff(
         if kept
         else pd.DataFrame(columns=["target", "legal_entity", "unchanged"]),
     )
+
+
+def _differs(new: pd.Series, old: pd.Series, at: np.ndarray) -> np.ndarray:
+    """new[i] != old[at[i]], compared in the columns' own arrays (Arrow strings stay Arrow)."""
+    taken = old.array.take(at)
+    if type(taken) is type(new.array):
+        unequal = new.array != taken
+        if hasattr(unequal, "to_numpy"):
+            return unequal.to_numpy(dtype=bool, na_value=True)
+        return np.asarray(unequal, dtype=bool)
+    return new.to_numpy(dtype=object) != np.asarray(taken, dtype=object)
 
 
 def _as_changes(rows: pd.DataFrame, op: str, snapshot_rows: pd.DataFrame | None) -> pd.DataFrame:

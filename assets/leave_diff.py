@@ -94,8 +94,8 @@ def plan(
     blast-radius rules per entity and for the run."""
     in_scope = snapshot_in_scope(state, hr, scopes, with_payload=False)
     # Leaves exported from this scope but no longer extracted here: moved, or gone from HR.
-    extracted_ids = set(leaves["leave_id"].dropna()) if len(leaves) else set()
-    missing = sorted(set(in_scope["leave_id"]) - extracted_ids)
+    extracted = leaves["leave_id"] if len(leaves) else pd.Series(dtype=object)
+    missing = sorted(in_scope.loc[~in_scope["leave_id"].isin(extracted), "leave_id"].unique())
     moved = hr.leaves_by_id(missing) if missing else pd.DataFrame(columns=leaves.columns)
     if len(moved):
         moved = moved.assign(**{PARTITION_COLUMN: moved["legal_entity"].fillna("")})
@@ -111,12 +111,10 @@ def plan(
         if desired_parts
         else pd.DataFrame(columns=list(EVENT_COLUMNS))
     )
-    known = set(zip(in_scope["target"], in_scope["event_key"], strict=True))
-    outside = [
-        k
-        for t, k in zip(desired["target"], desired["event_key"], strict=True)
-        if (t, k) not in known
-    ]
+    # Desired events the in-scope snapshot does not hold: new, or exported from elsewhere.
+    held = in_scope["target"].astype(str) + "\x1f" + in_scope["event_key"].astype(str)
+    wanted = desired["target"].astype(str) + "\x1f" + desired["event_key"].astype(str)
+    outside = list(desired.loc[~wanted.isin(held), "event_key"].unique())
     snapshot = in_scope
     if outside:
         extra = state.snapshot_for_keys(outside, with_payload=False)
