@@ -15,28 +15,13 @@ import os
 import time
 from pathlib import Path
 
-from resources.providers.base import EventChange, EventPayload
+from bench.events import sample_payload
+from resources.providers.base import EventChange
 from resources.providers.ews import EwsCalendarProvider, EwsSettings
 from tests.emulators.ews import EwsEmulator
 
 RESULTS = Path(__file__).parent / "results" / "ews.json"
 PASSWORD_ENV = "LEAVESYNC_BENCH_EWS_PASSWORD"
-
-
-def _payload(n: int, title: str) -> EventPayload:
-    day = 1 + n % 28
-    timed = n % 4 == 0
-    return EventPayload(
-        event_key=f"leave-{n}",
-        leave_id=str(n),
-        title=title,
-        all_day=not timed,
-        start=f"2025-08-{day:02d}T13:00:00" if timed else f"2025-08-{day:02d}",
-        end=f"2025-08-{day:02d}T17:30:00" if timed else f"2025-08-{day + 1:02d}",
-        timezone="Europe/Berlin",
-        status="tentative" if n % 5 == 0 else "confirmed",
-        show_as="tentative" if n % 5 == 0 else "oof",
-    )
 
 
 def _phase(
@@ -90,7 +75,9 @@ def main() -> None:
     )
     provider = EwsCalendarProvider("bench", settings)
     creates = [
-        EventChange("create", f"leave-{n}", mailboxes[n % args.mailboxes], _payload(n, "Absent"))
+        EventChange(
+            "create", f"leave-{n}", mailboxes[n % args.mailboxes], sample_payload(n, "Absent")
+        )
         for n in range(args.events)
     ]
     rows = []
@@ -102,7 +89,7 @@ def main() -> None:
                 "update",
                 r.change.event_key,
                 r.change.calendar,
-                _payload(int(r.change.event_key.split("-")[1]), "Away"),
+                sample_payload(int(r.change.event_key.split("-")[1]), "Away"),
                 r.provider_event_id,
                 r.version,
             )

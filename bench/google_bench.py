@@ -13,31 +13,13 @@ import os
 import time
 from pathlib import Path
 
-from resources.providers.base import EventChange, EventPayload
+from bench.events import sample_payload
+from resources.providers.base import EventChange
 from resources.providers.google import GoogleCalendarProvider
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
 
 RESULTS = Path(__file__).parent / "results" / "google.json"
 KEY_ENV = "LEAVESYNC_BENCH_GOOGLE_KEY"
-
-
-def _payload(n: int, title: str) -> EventPayload:
-    day = 1 + n % 28
-    return EventPayload(
-        event_key=f"leave-{n}",
-        leave_id=str(n),
-        title=title,
-        all_day=n % 4 != 0,
-        start=f"2025-08-{day:02d}" if n % 4 else f"2025-08-{day:02d}T13:00:00",
-        end=_end(n, day),
-        timezone="Europe/Berlin",
-        status="tentative" if n % 5 == 0 else "confirmed",
-        show_as="oof",
-    )
-
-
-def _end(n: int, day: int) -> str:
-    return f"2025-08-{day + 1:02d}" if n % 4 else f"2025-08-{day:02d}T18:00:00"
 
 
 def _phase(
@@ -98,11 +80,11 @@ def main() -> None:
     provider = GoogleCalendarProvider("bench", settings)
     binding = min(args.project_per_minute, args.user_per_minute * args.users) / 60.0
     creates = [
-        EventChange("create", f"leave-{n}", users[n % args.users], _payload(n, "Absent"))
+        EventChange("create", f"leave-{n}", users[n % args.users], sample_payload(n, "Absent"))
         for n in range(args.events)
     ]
     updates = [
-        EventChange("update", c.event_key, c.calendar, _payload(n, "Away"))
+        EventChange("update", c.event_key, c.calendar, sample_payload(n, "Away"))
         for n, c in enumerate(creates)
     ]
     deletes = [EventChange("delete", c.event_key, c.calendar) for c in creates]

@@ -17,29 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resources.providers.base import EventChange, EventPayload
+from bench.events import sample_payload
+from resources.providers.base import EventChange
 from resources.providers.graph import GraphCalendarProvider, GraphSettings
 from tests.emulators.graph import GraphEmulator
 
 RESULTS = Path(__file__).parent / "results" / "graph.json"
 SECRET_ENV = "LEAVESYNC_BENCH_GRAPH_SECRET"
 CLIENT_ID = "bench-0000-0000-0000-000000000000"
-
-
-def _payload(n: int, title: str) -> EventPayload:
-    day = 1 + n % 28
-    timed = n % 4 == 0
-    return EventPayload(
-        event_key=f"leave-{n}",
-        leave_id=str(n),
-        title=title,
-        all_day=not timed,
-        start=f"2025-08-{day:02d}T13:00:00" if timed else f"2025-08-{day:02d}",
-        end=f"2025-08-{day:02d}T18:00:00" if timed else f"2025-08-{day + 1:02d}",
-        timezone="Europe/Paris",
-        status="tentative" if n % 5 == 0 else "confirmed",
-        show_as="tentative" if n % 5 == 0 else "oof",
-    )
 
 
 def _scenario(
@@ -77,7 +62,10 @@ def _scenario(
         provider._access_token()  # the token fetch is not part of the throughput
         creates = [
             EventChange(
-                "create", f"leave-{n}", f"user{n % mailboxes}@contoso.com", _payload(n, "Absent")
+                "create",
+                f"leave-{n}",
+                f"user{n % mailboxes}@contoso.com",
+                sample_payload(n, "Absent", "Europe/Paris"),
             )
             for n in range(events)
         ]
@@ -90,7 +78,7 @@ def _scenario(
                 "update",
                 c.event_key,
                 c.calendar,
-                _payload(int(c.event_key[6:]), "Away"),
+                sample_payload(int(c.event_key[6:]), "Away", "Europe/Paris"),
                 ids.get(c.event_key),
             )
             for c in creates
