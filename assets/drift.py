@@ -33,6 +33,7 @@ from resources.providers.base import (
     ProviderError,
     RemoteEvent,
     changed_fields,
+    leave_id_of,
 )
 from resources.settings import LeavesyncSettings
 from resources.state import StateStore
@@ -204,7 +205,7 @@ def compare_target(
         else:
             detail = "ours by tag, unknown to the snapshot and to HR"
             event = group[0]
-            repair = _delete(at, key.removeprefix("leave-"), event.provider_event_id, event.version)
+            repair = _delete(at, leave_id_of(key), event.provider_event_id, event.version)
             out.add("orphan", at, detail, repair)
     return out
 

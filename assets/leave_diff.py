@@ -26,6 +26,7 @@ from assets.validation import BlastRadius, blast_radius, validate_rows
 from pipelines.config import AppConfig
 from pipelines.partitions import EntityScope, scopes_from_keys
 from resources.hr import HRDatabase, entity_partition_key
+from resources.providers.base import EVENT_KEY_PREFIX
 from resources.settings import LeavesyncSettings
 from resources.state import SNAPSHOT_COLUMNS, StateStore
 
@@ -122,7 +123,7 @@ def plan(
             ["target", "event_key"]
         )
     errors = checked.quarantine[checked.quarantine["severity"] == "error"]
-    protected = {"leave-" + str(i) for i in errors["leave_id"].dropna()}
+    protected = {EVENT_KEY_PREFIX + str(i) for i in errors["leave_id"].dropna()}
     diff = compute_diff(desired, snapshot, protected)
 
     refusals = []

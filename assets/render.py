@@ -8,7 +8,12 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import EventRules, TargetConfig
-from resources.providers.base import FINGERPRINT_FIELDS, EventPayload, fingerprint_texts
+from resources.providers.base import (
+    EVENT_KEY_PREFIX,
+    FINGERPRINT_FIELDS,
+    EventPayload,
+    fingerprint_texts,
+)
 
 EVENT_COLUMNS: tuple[str, ...] = (
     "target",
@@ -55,7 +60,7 @@ def render_events(leaves: pd.DataFrame, target: TargetConfig, rules: EventRules)
     df = leaves[should_have_event(leaves, rules) & served_by(leaves, target)]
     out = pd.DataFrame(index=df.index)
     out["target"] = target.name
-    out["event_key"] = "leave-" + df["leave_id"].astype(str)
+    out["event_key"] = EVENT_KEY_PREFIX + df["leave_id"].astype(str)
     out["leave_id"] = df["leave_id"].astype(str)
     out["calendar"] = df["employee_email"].str.lower()
     out["legal_entity"] = df["legal_entity"].astype(str)

@@ -18,10 +18,3 @@ def markdown_table(frame: pd.DataFrame, limit: int = 200) -> str:
     if len(frame) > limit:
         lines.append(f"\n_{len(frame) - limit} more rows_")
     return "\n".join(lines)
-
-
-def text_table(frame: pd.DataFrame) -> str:
-    """A plain aligned table for terminals."""
-    if frame.empty:
-        return "(none)"
-    return frame.to_string(index=False)

@@ -30,23 +30,29 @@ def _parser() -> argparse.ArgumentParser:
             help="YAML configuration file (default: $LEAVESYNC_CONFIG, or the embedded defaults)",
         )
 
+    def scope(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--entity",
+            action="append",
+            default=[],
+            metavar="CODE",
+            help="legal entity (repeatable; default: all)",
+        )
+        sp.add_argument(
+            "--from",
+            dest="date_from",
+            type=_date,
+            help="first start date (default: today - lookback)",
+        )
+        sp.add_argument(
+            "--to", dest="date_to", type=_date, help="last start date (default: today + horizon)"
+        )
+
     s = sub.add_parser(
         "sync", help="reconcile leaves into calendars (one Dagster run per legal entity)"
     )
     common(s)
-    s.add_argument(
-        "--entity",
-        action="append",
-        default=[],
-        metavar="CODE",
-        help="legal entity (repeatable; default: all)",
-    )
-    s.add_argument(
-        "--from", dest="date_from", type=_date, help="first start date (default: today - lookback)"
-    )
-    s.add_argument(
-        "--to", dest="date_to", type=_date, help="last start date (default: today + horizon)"
-    )
+    scope(s)
     s.add_argument("--dry-run", action="store_true", help="stop after the diff and print it")
     s.add_argument(
         "--allow-mass-delete", action="store_true", help="override the blast-radius refusal"
@@ -63,19 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         "drift", help="read the calendars back, report drift from the snapshot and HR, repair it"
     )
     common(r)
-    r.add_argument(
-        "--entity",
-        action="append",
-        default=[],
-        metavar="CODE",
-        help="legal entity (repeatable; default: all)",
-    )
-    r.add_argument(
-        "--from", dest="date_from", type=_date, help="first start date (default: today - lookback)"
-    )
-    r.add_argument(
-        "--to", dest="date_to", type=_date, help="last start date (default: today + horizon)"
-    )
+    scope(r)
     r.add_argument(
         "--report-only",
         action="store_true",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from operator import methodcaller
 
 import pandas as pd
@@ -336,7 +336,3 @@ def normalise_extract(raw: pd.DataFrame) -> pd.DataFrame:
 
 def _stripped(values: pd.Series) -> pd.Series:
     return values.astype("str").str.strip().where(values.notna(), None).astype("object")
-
-
-def known_ids(values: Iterable[object]) -> list[str]:
-    return sorted({str(v) for v in values if v is not None})

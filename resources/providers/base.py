@@ -33,9 +33,14 @@ FINGERPRINT_FIELDS: tuple[str, ...] = (
 )
 
 
-def event_key_for(leave_id: object) -> str:
-    """The global identity of a leave's event, whatever partition or target it is in."""
-    return f"leave-{leave_id}"
+# The global identity of a leave's event, whatever partition or target it is in:
+# EVENT_KEY_PREFIX + the leave id.
+EVENT_KEY_PREFIX = "leave-"
+
+
+def leave_id_of(event_key: str) -> str:
+    """The leave id an event key stands for."""
+    return event_key.removeprefix(EVENT_KEY_PREFIX)
 
 
 # Fixed 16-byte key: fingerprints must be stable across runs and processes.

@@ -53,6 +53,7 @@ from resources.providers.base import (
     FatalProviderError,
     ProviderSettings,
     RemoteEvent,
+    leave_id_of,
     secret_from_env,
 )
 from resources.providers.retry import Backoff, RateLimiter
@@ -330,10 +331,6 @@ def _calendar_folder(account: Account) -> Calendar:
     return Calendar(
         root=root, _distinguished_id=DistinguishedFolderId(id="calendar", mailbox=mailbox)
     )
-
-
-def _leave_id(event_key: str) -> str:
-    return event_key[len("leave-") :] if event_key.startswith("leave-") else event_key
 
 
 class EwsCalendarProvider(CalendarProvider):
@@ -947,7 +944,7 @@ def _payload(item: CalendarItem) -> EventPayload:
     show_as = _FREE_BUSY_TO_SHOW_AS.get(item.legacy_free_busy_status or "Busy", "busy")
     return EventPayload(
         event_key=item.leavesync_key,
-        leave_id=_leave_id(item.leavesync_key),
+        leave_id=leave_id_of(item.leavesync_key),
         title=item.subject or "",
         all_day=bool(item.is_all_day),
         start=start,

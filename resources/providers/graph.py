@@ -38,6 +38,7 @@ from resources.providers.base import (
     FatalProviderError,
     ProviderSettings,
     RemoteEvent,
+    leave_id_of,
     secret_from_env,
 )
 from resources.providers.retry import Backoff, RateLimiter
@@ -367,7 +368,7 @@ class GraphCalendarProvider(CalendarProvider):
         categories = [c for c in event.get("categories") or [] if c not in ours]
         return EventPayload(
             event_key=event_key,
-            leave_id=event_key.removeprefix("leave-"),
+            leave_id=leave_id_of(event_key),
             title=str(event.get("subject") or ""),
             all_day=all_day,
             start=start_text,
