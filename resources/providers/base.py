@@ -138,6 +138,11 @@ class EventChange:
     event: EventPayload | None = None
     provider_event_id: str | None = None
     version: str | None = None
+    # One create attempt's idempotency token (Graph's transactionId). The core keeps it in
+    # the state store's intent journal, so a re-run after a crash re-sends the same token;
+    # the next create of the same key (a reinstated leave) gets a new one. None: the
+    # provider makes one up for this attempt.
+    attempt_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,9 @@ class ChangeResult:
     error: str | None = None
     # True: this event (or this calendar) cannot be written, retrying now will not help.
     permanent: bool = False
+    # True: a create found our tagged event with this key already in the calendar (lost
+    # state, a crash before the snapshot row, an alias of the new address) and took it over.
+    adopted: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,6 +249,21 @@ class CalendarProvider(abc.ABC):
 
         Must raise FatalProviderError for target-wide failures; per-event failures are
         results with ok=False. Never touches events that do not carry our tag.
+
+        A create is never blind: before writing, the provider looks up the events that carry
+        our tag and the change's key in that calendar (batched: a few requests per calendar,
+        not one per event) and adopts one if found (updated only if it differs from the
+        payload; ``adopted=True``), deleting further copies of the same key in that calendar.
+        A delete of an event already gone is done. An update of an event gone (or in the
+        user's deleted items) recreates it. Changes of one call may be applied in any order;
+        the core sends the delete half of a move in an earlier call than its create half.
+        """
+
+    def preflight(self) -> None:  # noqa: B027 - optional hook
+        """Checks that need no network: secrets present, CA files readable, keys parse.
+
+        Raises FatalProviderError naming the setting or variable to fix; the CLI calls it
+        once before any run, so a configuration error stops everything at once, once.
         """
 
     @abc.abstractmethod
