@@ -25,7 +25,7 @@ from assets.render import EVENT_COLUMNS
 from assets.sync import CALENDAR_SYNC, apply_diff
 from assets.tables import markdown_table
 from assets.validation import blast_radius
-from pipelines.config import AppConfig
+from resources.config import AppConfig
 from resources.hr import HRDatabase
 from resources.providers.base import (
     CalendarProvider,

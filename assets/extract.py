@@ -10,8 +10,8 @@ from dagster import (
     asset,
 )
 
-from pipelines.partitions import scopes_from_keys
 from resources.hr import HRDatabase
+from resources.scope import scopes_from_keys
 
 HR_LEAVES = "hr_leaves"
 PARTITION_COLUMN = "_partition"

@@ -23,10 +23,10 @@ from assets.gx_suite import SuiteResult, validate_diff
 from assets.render import EVENT_COLUMNS, render_events
 from assets.tables import markdown_table
 from assets.validation import BlastRadius, blast_radius, validate_rows
-from pipelines.config import AppConfig
-from pipelines.partitions import EntityScope, scopes_from_keys
+from resources.config import AppConfig
 from resources.hr import HRDatabase, entity_partition_key
 from resources.providers.base import EVENT_KEY_PREFIX
+from resources.scope import EntityScope, scopes_from_keys
 from resources.settings import LeavesyncSettings
 from resources.state import SNAPSHOT_COLUMNS, StateStore
 

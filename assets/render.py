@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from pipelines.config import EventRules, TargetConfig
+from resources.config import EventRules, TargetConfig
 from resources.providers.base import (
     EVENT_KEY_PREFIX,
     FINGERPRINT_FIELDS,

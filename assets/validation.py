@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-from pipelines.config import SafetyConfig
+from resources.config import SafetyConfig
 
 KNOWN_STATUSES = ("pending", "approved", "rejected", "cancelled")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"

@@ -217,8 +217,8 @@ class StageClock:
 
 def run_scenario(args: argparse.Namespace) -> None:
     """Child process: one reconciliation; prints its figures as JSON on the last line."""
-    from pipelines.config import load_config
     from pipelines.runner import reconcile
+    from resources.config import load_config
 
     clock = StageClock()
     clock.install()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from pipelines.config import AppConfig, ConfigError, load_config
+from resources.config import AppConfig, ConfigError, load_config
 
 
 def _date(text: str) -> dt.date:

@@ -8,11 +8,11 @@ from assets.drift import SYNC_DRIFT, build_sync_drift
 from assets.extract import HR_LEAVES, build_hr_leaves
 from assets.leave_diff import LEAVE_DIFF, build_leave_diff
 from assets.sync import CALENDAR_SYNC, build_calendar_sync
-from pipelines.config import AppConfig, load_config
 from pipelines.io_manager import PartitionSetPickleIOManager
 from pipelines.partitions import leave_partitions
 from pipelines.schedules import RECONCILE_JOB, build_nightly_schedule
 from pipelines.sensors import build_entity_sensor
+from resources.config import AppConfig, load_config
 from resources.hr import HRDatabase
 from resources.settings import LeavesyncSettings
 from resources.state import StateStore

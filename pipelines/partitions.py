@@ -1,21 +1,20 @@
-"""The date × legal_entity partitions, and a run's scope derived from its partition keys."""
+"""The date × legal_entity partitions and the run tags that select a range of them."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 from dagster import (
     DailyPartitionsDefinition,
     DynamicPartitionsDefinition,
-    MultiPartitionKey,
     MultiPartitionsDefinition,
 )
 
-from pipelines.config import AppConfig
+from resources.config import AppConfig
+from resources.scope import DATE_DIMENSION, ENTITY_DIMENSION
 
-ENTITY_DIMENSION = "legal_entity"
-DATE_DIMENSION = "date"
+__all__ = ["DATE_DIMENSION", "ENTITY_DIMENSION", "leave_partitions", "range_tags"]
+
 legal_entity_partitions = DynamicPartitionsDefinition(name=ENTITY_DIMENSION)
 
 
@@ -38,38 +37,3 @@ def range_tags(entity_key: str, date_from: dt.date, date_to: dt.date) -> dict[st
         "dagster/asset_partition_range_start": f"{date_from.isoformat()}|{entity_key}",
         "dagster/asset_partition_range_end": f"{date_to.isoformat()}|{entity_key}",
     }
-
-
-@dataclass(frozen=True)
-class EntityScope:
-    """The part of a run that concerns one legal entity partition."""
-
-    entity_key: str
-    date_from: dt.date
-    date_to: dt.date
-    dates: frozenset[str]
-
-    def label(self) -> str:
-        return f"{self.entity_key} {self.date_from}..{self.date_to}"
-
-
-def scopes_from_keys(partition_keys: list[str]) -> list[EntityScope]:
-    """Group a run's multi-partition keys by legal entity."""
-    by_entity: dict[str, set[str]] = {}
-    for key in partition_keys:
-        dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else _split(key)
-        by_entity.setdefault(dims[ENTITY_DIMENSION], set()).add(dims[DATE_DIMENSION])
-    return [
-        EntityScope(
-            entity,
-            dt.date.fromisoformat(min(dates)),
-            dt.date.fromisoformat(max(dates)),
-            frozenset(dates),
-        )
-        for entity, dates in sorted(by_entity.items())
-    ]
-
-
-def _split(key: str) -> dict[str, str]:
-    date, entity = key.split("|", 1)
-    return {DATE_DIMENSION: date, ENTITY_DIMENSION: entity}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import AppConfig, ConfigError
+from resources.config import AppConfig, ConfigError
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
 

@@ -5,8 +5,8 @@ from zoneinfo import ZoneInfo
 
 from dagster import RunRequest, ScheduleDefinition, ScheduleEvaluationContext, schedule
 
-from pipelines.config import AppConfig
 from pipelines.partitions import ENTITY_DIMENSION, range_tags
+from resources.config import AppConfig
 
 RECONCILE_JOB = "reconcile"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
-from pipelines.config import AppConfig, TargetConfig
+from resources.config import AppConfig, TargetConfig
 from resources.providers import provider_class
 from resources.providers.base import CalendarProvider
 

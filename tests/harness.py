@@ -10,9 +10,9 @@ from typing import Any
 from assets.extract import extract_scope
 from assets.leave_diff import LeaveDiff, plan
 from assets.sync import SyncOutcome, apply_diff
-from pipelines.config import AppConfig, parse_config
-from pipelines.partitions import EntityScope
+from resources.config import AppConfig, parse_config
 from resources.hr import HRDatabase
+from resources.scope import EntityScope
 from resources.settings import LeavesyncSettings
 from resources.state import StateStore
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from assets.render import render_events
-from pipelines.config import EventRules, TargetConfig
+from resources.config import EventRules, TargetConfig
 from resources.providers.base import EventPayload
 
 TARGET = TargetConfig(name="feeds", type="ics")

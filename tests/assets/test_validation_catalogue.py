@@ -596,7 +596,7 @@ def test_cli_empty_extract_against_full_snapshot_is_blocked_and_says_why(home, h
     assert "the HR extract is empty while 3 events are exported" in out
     assert "Nothing was deleted" in out and "--allow-mass-delete" in out
     assert {p.name: p.read_bytes() for p in feeds.glob("*.ics")} == before
-    from pipelines.config import load_config
+    from resources.config import load_config
 
     (run,) = reconcile(load_config(cfg_file), ["FR"], DAY, day(2), progress=lambda m: None)
     assert run.status == "blocked"

@@ -7,7 +7,8 @@ import datetime as dt
 from dagster import AssetKey, DagsterInstance, build_schedule_context, build_sensor_context
 
 from pipelines.definitions import build_definitions
-from pipelines.partitions import ENTITY_DIMENSION, leave_partitions, scopes_from_keys
+from pipelines.partitions import ENTITY_DIMENSION, leave_partitions
+from resources.scope import scopes_from_keys
 from tests.harness import make_config
 
 
