@@ -14,12 +14,9 @@ from resources.providers.base import (
     FatalProviderError,
     changed_fields,
 )
-from resources.providers.google import (
-    SCOPE_CALENDAR,
-    SCOPE_EVENTS,
-    GoogleCalendarProvider,
-    event_id_for,
-)
+from resources.providers.google import GoogleCalendarProvider
+from resources.providers.google.mapping import event_id_for, parse_event_id
+from resources.providers.google.settings import SCOPE_CALENDAR, SCOPE_EVENTS
 from tests.emulators import google_calendar as emulator_module
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
 from tests.emulators.pki import make_test_pki
@@ -149,17 +146,20 @@ def test_nothing_to_change_sends_nothing(google_calendar, monkeypatch):
     assert google_calendar.stats["http_requests"] == 0
 
 
-def test_recreate_after_delete_restores_the_cancelled_event(google_calendar, monkeypatch):
+def test_recreate_after_delete_takes_the_next_generation(google_calendar, monkeypatch):
     provider = make_provider(google_calendar, monkeypatch)
     assert all(r.ok for r in provider.apply([create(7)]))
     assert all(r.ok for r in provider.apply([EventChange("delete", "leave-7", ALICE)]))
     assert ours(google_calendar, ALICE) == {}
-    # The id is still held by the cancelled event: the create becomes an update.
+    # The deleted event keeps its id (a re-insert would answer 409): the leave that comes
+    # back is a new event with the next generation's id; the deleted one stays deleted.
     [result] = provider.apply([create(7, title="Absent again")])
-    assert result.ok and result.provider_event_id == event_id_for("leave-7")
+    assert result.ok and result.provider_event_id == event_id_for("leave-7", 1)
+    assert parse_event_id(result.provider_event_id).event_key == "leave-7"
     event = ours(google_calendar, ALICE)["leave-7"]
     assert event["status"] == "confirmed" and event["summary"] == "Absent again"
-    assert len(google_calendar.events(ALICE, include_cancelled=True)) == 1
+    stored = google_calendar.events(ALICE, include_cancelled=True)
+    assert sorted(e["status"] for e in stored) == ["cancelled", "confirmed"]
 
 
 def test_lost_create_response_is_retried_without_duplicate(google_calendar, monkeypatch):
@@ -416,7 +416,7 @@ def test_tls_with_a_custom_ca_bundle(monkeypatch, tmp_path):
         provider = make_provider(emulator, monkeypatch, ca_bundle=str(ca))
         assert all(r.ok for r in provider.apply([create(1)]))
         # An expired token is refreshed inside the batch execution, still over our CA.
-        creds = provider._credentials[ALICE]
+        creds = provider.signin.credentials_for(ALICE)
         creds.token = "revoked"
         assert all(r.ok for r in provider.apply([create(2)]))
         remote = list(provider.read_back([ALICE], dt.date(2025, 7, 1), dt.date(2025, 8, 1)))
