@@ -13,6 +13,7 @@ PROVIDER_TYPES: dict[str, str] = {
     "google": "resources.providers.google.provider:GoogleCalendarProvider",
     "microsoft_graph": "resources.providers.graph:GraphCalendarProvider",
     "ews": "resources.providers.ews:EwsCalendarProvider",
+    "caldav": "resources.providers.caldav:CalDavProvider",
 }
 
 
