@@ -40,6 +40,7 @@ GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 # client sends at most 50 (DESIGN.md); stats["max_batch_parts"] shows what it sent.
 MAX_BATCH = 1000
 _EVENT_ID = re.compile(r"^[a-v0-9]{5,1024}$")
+_LIST_PATH = re.compile(r"/calendar/v3/calendars/[^/]+/events")
 MAX_PAGE = 2500  # "The page size can never be larger than 2500 events" (Events: list)
 # Extended properties: keys over 44 characters are silently dropped, values over 1024
 # silently truncated; at most 300 properties and 32 kB per event (Extended properties).
@@ -594,7 +595,13 @@ class GoogleCalendarEmulator:
             for *_, inner_headers, _ in calls
             if (grant := self._grant(_MergedHeaders(inner_headers, headers))) is not None
         }
+        lists = sum(
+            method == "GET" and _LIST_PATH.fullmatch(urllib.parse.urlsplit(target).path) is not None
+            for _, method, target, _, _ in calls
+        )
         with self.lock:
+            if lists == len(calls):
+                self.stats["list_only_batches"] += 1  # look-ups before creates
             self.stats["batch_parts"] += len(calls)
             self.stats["max_batch_parts"] = max(self.stats["max_batch_parts"], len(calls))
             if len(users) > 1:
