@@ -7,7 +7,9 @@ the parts of a batch in any order. The calls an item may need:
   ours and live -> adopt it; deleted -> the next generation's id. Never resurrected.
 - ``update`` in place; an event type cannot change (Events reference), so a change of type
   is ``delete`` then ``insert`` of the next generation. 404 -> ``find`` by key.
-- ``delete``; already gone -> ``find`` by key, to delete any other live copy of ours.
+- ``delete``; already gone, or changed since (412) -> ``find`` by key and delete every live
+  event of ours with that key there: a delete means "no event for this leave in this
+  calendar", not "remove this one copy".
 - ``find``: list our events with the key, adopt one, delete further copies.
 """
 
