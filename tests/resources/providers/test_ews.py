@@ -754,6 +754,9 @@ def test_configured_version_skips_discovery(
         # Spring forward in Paris on 31 March 2024; fall back on 27 October 2024.
         ("2024-03-29", "2024-04-02", dt.datetime(2024, 3, 28, 23), dt.datetime(2024, 4, 1, 22)),
         ("2024-10-25", "2024-10-29", dt.datetime(2024, 10, 24, 22), dt.datetime(2024, 10, 28, 23)),
+        # The last day is the 23-hour day itself (31 March 2024), and the 25-hour one.
+        ("2024-03-30", "2024-04-01", dt.datetime(2024, 3, 29, 23), dt.datetime(2024, 3, 31, 22)),
+        ("2024-10-26", "2024-10-28", dt.datetime(2024, 10, 25, 22), dt.datetime(2024, 10, 27, 23)),
     ],
 )
 def test_all_day_events_across_dst_land_on_the_right_dates(
