@@ -1052,3 +1052,25 @@ def test_emulator_conditional_modification(google_calendar):
     assert client._send("DELETE", url, headers=headers)[0] == 412
     headers["If-Match"] = created["etag"]
     assert client._send("DELETE", url, headers=headers)[0] == 204
+
+
+def test_timed_to_all_day_changes_in_place_unless_out_of_office(google_calendar, monkeypatch):
+    # The Events reference lets a regular event change between all-day and timed; an
+    # out-of-office event cannot be all-day, so that change is a change of type.
+    for ooo in (False, True):
+        provider = make_provider(google_calendar, monkeypatch, out_of_office=ooo)
+        n = 20 + ooo
+        [first] = provider.apply([EventChange("create", f"leave-{n}", BOB, timed(n))])
+        [second] = provider.apply(
+            [EventChange("update", f"leave-{n}", BOB, leave(n), first.provider_event_id)]
+        )
+        [third] = provider.apply(
+            [EventChange("update", f"leave-{n}", BOB, timed(n), second.provider_event_id)]
+        )
+        assert first.ok and second.ok and third.ok
+        ids = {first.provider_event_id, second.provider_event_id, third.provider_event_id}
+        assert len(ids) == (3 if ooo else 1)
+        [event] = live_of(google_calendar, BOB, f"leave-{n}")
+        assert event["eventType"] == ("outOfOffice" if ooo else "default")
+        assert "dateTime" in event["start"]
+    assert google_calendar.stats["event_type_change_refused"] == 0
