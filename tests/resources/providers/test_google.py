@@ -24,6 +24,7 @@ from resources.providers.base import (
 from resources.providers.google import GoogleCalendarProvider
 from resources.providers.google.mapping import event_id_for, parse_event_id
 from resources.providers.google.settings import SCOPE_CALENDAR, SCOPE_EVENTS
+from resources.providers.retry import Backoff
 from tests.emulators import google_calendar as emulator_module
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
 from tests.emulators.pki import make_test_pki
@@ -738,13 +739,17 @@ def test_untrusted_certificate_is_fatal_names_the_host_and_ignores_ca_variables(
         # One TLS policy for every provider: environment CA variables are honoured by none.
         for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPLIB2_CA_CERTS"):
             monkeypatch.setenv(var, str(ca))
-        provider = make_provider(emulator, monkeypatch, max_attempts=8, backoff_base_seconds=1)
+        provider = make_provider(emulator, monkeypatch, max_attempts=8)
         host = emulator.base_url.split("//")[1].rstrip("/")
-        started = time.monotonic()
+        delays = []
+        real_delay = Backoff.delay
+        monkeypatch.setattr(
+            Backoff, "delay", lambda self, *a: delays.append(a) or real_delay(self, *a)
+        )
         with pytest.raises(FatalProviderError, match="ca_bundle") as raised:
             list(provider.apply([create(n) for n in range(10)]))
         assert host in str(raised.value) and "not retried" in str(raised.value)
-        assert time.monotonic() - started < 1.0  # at once: no backoff, no retry
+        assert delays == []  # at once: never a retry
         with pytest.raises(FatalProviderError, match=host):
             list(provider.read_back([ALICE], dt.date(2025, 7, 1), dt.date(2025, 8, 1)))
     finally:
