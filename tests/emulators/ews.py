@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import datetime as dt
 import itertools
 import random
@@ -25,7 +26,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -240,6 +241,7 @@ class EwsEmulator:
         self.fault_kinds: tuple[str, ...] = FAULT_KINDS
         self.fault_ops: tuple[str, ...] = WRITE_OPS + READ_OPS
         self.back_off_ms = 20
+        self.connections = 0  # TCP connections accepted
         self.tls_failures = 0  # TLS handshakes that failed (an untrusted client gave up)
         self.max_active = 0  # most requests of the service account in flight at once
         self._active = 0
@@ -319,15 +321,15 @@ class EwsEmulator:
                 item.fields[name] = elem
             return item
 
-    def copy_item(self, item_id: str) -> StoredItem:
+    def copy_item(self, item_id: str, created: dt.datetime | None = None) -> StoredItem:
         """A second copy of an item in the same folder (another tool, an older run): new id."""
         with self._lock:
             source = self._any_item(item_id)
-            copy = self._new_item(source.mailbox, source.folder)
-            copy.fields = {k: etree.fromstring(etree.tostring(v)) for k, v in source.fields.items()}
-            copy.fields["DateTimeCreated"] = _text_elem(_t("DateTimeCreated"), _now_text())
-            copy.extended = dict(source.extended)
-            return copy
+            clone = self._new_item(source.mailbox, source.folder)
+            clone.fields = {k: copy.deepcopy(v) for k, v in source.fields.items()}
+            clone.fields["DateTimeCreated"] = _text_elem(_t("DateTimeCreated"), _now_text(created))
+            clone.extended = dict(source.extended)
+            return clone
 
     def edit_item(self, item_id: str, name: str, text: str) -> None:
         """Someone edits the event in Outlook (changes one field's text): a new ChangeKey."""
@@ -345,6 +347,15 @@ class EwsEmulator:
         """
         with self._lock:
             return self._delete(self._any_item(item_id), how)
+
+    def user_restores(self, item_id: str) -> StoredItem:
+        """The employee moves a deleted event back to the calendar: again a new id."""
+        with self._lock:
+            item = self._any_item(item_id)
+            del self.mailboxes[item.mailbox][item.item_id]
+            back = self._new_item(item.mailbox, CALENDAR)
+            back.fields, back.extended = item.fields, item.extended
+            return back
 
     def _any_item(self, item_id: str) -> StoredItem:
         for items in self.mailboxes.values():
@@ -511,7 +522,10 @@ class EwsEmulator:
             pool = []
         else:
             pool = self._folder_items(owner, folder)
-        items = [i for i in pool if restriction is None or _matches(restriction[0], i)]
+        if restriction is not None:
+            keep = _compile(restriction[0])
+            pool = [i for i in pool if keep(i)]
+        items = pool
         view = body.find(_m("CalendarView"))
         if view is not None:
             low, high = _parse_time(view.get("StartDate")), _parse_time(view.get("EndDate"))
@@ -1018,22 +1032,22 @@ def _store_field(
         _check_extended_uri(uri)
         value = child.findtext(_t("Value"), "")
         _check_extended_value(uri, value)
-        extended[_extended_key(uri)] = (uri, value)
+        extended[_extended_key(uri)] = (copy.deepcopy(uri), value)
         return
-    copy = etree.fromstring(etree.tostring(child))
-    if name in ("Start", "End") and copy.text:
-        copy.text = _utc_text(copy.text)
+    value = copy.deepcopy(child)
+    if name in ("Start", "End") and value.text:
+        value.text = _utc_text(value.text)
     elif name in _BOOLEANS:
-        if copy.text not in _BOOL:
+        if value.text not in _BOOL:
             raise SoapFault("ErrorSchemaValidation", f"{name} must be an xs:boolean.")
-        copy.text = "true" if copy.text in ("1", "true") else "false"  # as Exchange answers
-    elif name == "LegacyFreeBusyStatus" and copy.text not in _FREE_BUSY:
-        raise SoapFault("ErrorSchemaValidation", f"'{copy.text}' is not a LegacyFreeBusyType.")
-    elif name == "Sensitivity" and copy.text not in _SENSITIVITY:
-        raise SoapFault("ErrorSchemaValidation", f"'{copy.text}' is not a SensitivityChoicesType.")
-    elif name in ("StartTimeZone", "EndTimeZone") and copy.get("Id") not in WINDOWS_ZONES:
-        raise ItemError("ErrorCalendarInvalidTimeZone", f"Unknown time zone {copy.get('Id')!r}.")
-    fields[name] = copy
+        value.text = "true" if value.text in ("1", "true") else "false"  # as Exchange answers
+    elif name == "LegacyFreeBusyStatus" and value.text not in _FREE_BUSY:
+        raise SoapFault("ErrorSchemaValidation", f"'{value.text}' is not a LegacyFreeBusyType.")
+    elif name == "Sensitivity" and value.text not in _SENSITIVITY:
+        raise SoapFault("ErrorSchemaValidation", f"'{value.text}' is not a SensitivityChoicesType.")
+    elif name in ("StartTimeZone", "EndTimeZone") and value.get("Id") not in WINDOWS_ZONES:
+        raise ItemError("ErrorCalendarInvalidTimeZone", f"Unknown time zone {value.get('Id')!r}.")
+    fields[name] = value
 
 
 def _check_calendar(fields: dict[str, etree._Element]) -> None:
@@ -1107,33 +1121,36 @@ def _render_item(item: StoredItem, shape: etree._Element | None) -> etree._Eleme
             wanted.add(_field_name(path.get("FieldURI", "")))
     for name in sorted(item.fields, key=lambda n: _POSITION.get(n, len(_POSITION))):
         if wanted is None or name in wanted:
-            elem.append(etree.fromstring(etree.tostring(item.fields[name])))
+            elem.append(copy.deepcopy(item.fields[name]))
     for key in extended if wanted is not None else list(item.extended):
         if key in item.extended:
             uri, value = item.extended[key]
             prop = etree.SubElement(elem, _t("ExtendedProperty"))
-            prop.append(etree.fromstring(etree.tostring(uri)))
+            prop.append(copy.deepcopy(uri))
             prop.append(_text_elem(_t("Value"), value))
     return elem
 
 
-def _property_value(path: etree._Element, item: StoredItem) -> str | None:
+_Predicate = Callable[[StoredItem], bool]
+# Date-time properties compare as instants; everything else as text.
+_TIME_FIELDS = {"Start", "End", "DateTimeCreated", "LastModifiedTime", "OriginalStart"}
+
+
+def _getter(path: etree._Element) -> tuple[Callable[[StoredItem], str | None], bool]:
+    """How to read the property a restriction names, and whether it is a date-time."""
     if _local(path.tag) == "ExtendedFieldURI":
-        found = item.extended.get(_extended_key(path))
-        return None if found is None else found[1]
-    return item.text(_field_name(path.get("FieldURI", "")))
+        key = _extended_key(path)
+
+        def extended(item: StoredItem) -> str | None:
+            found = item.extended.get(key)
+            return None if found is None else found[1]
+
+        return extended, path.get("PropertyType") == "SystemTime"
+    name = _field_name(path.get("FieldURI", ""))
+    return (lambda item: item.text(name)), name in _TIME_FIELDS
 
 
-def _compare(left: str, right: str) -> int:
-    try:
-        a: object = _parse_time(left)
-        b: object = _parse_time(right)
-    except ValueError:
-        a, b = left, right
-    return (a > b) - (a < b)  # type: ignore[operator]
-
-
-_COMPARISONS = {
+_COMPARISONS: dict[str, Callable[[int], bool]] = {
     "IsEqualTo": lambda c: c == 0,
     "IsNotEqualTo": lambda c: c != 0,
     "IsGreaterThan": lambda c: c > 0,
@@ -1143,35 +1160,56 @@ _COMPARISONS = {
 }
 
 
-def _matches(node: etree._Element, item: StoredItem) -> bool:
-    """Evaluate a restriction (types.xsd SearchExpressionType) against one item."""
+def _compile(node: etree._Element) -> _Predicate:
+    """A restriction (types.xsd SearchExpressionType) as a predicate over items."""
     name = _local(node.tag)
-    if name == "And":
-        return all(_matches(child, item) for child in node)
-    if name == "Or":
-        return any(_matches(child, item) for child in node)
+    if name in ("And", "Or"):
+        parts = [_compile(child) for child in node]
+        if name == "And":
+            return lambda item: all(p(item) for p in parts)
+        return lambda item: any(p(item) for p in parts)
     if name == "Not":
-        return not _matches(node[0], item)
+        inner = _compile(node[0])
+        return lambda item: not inner(item)
+    get, is_time = _getter(node[0])
     if name == "Exists":
-        return _property_value(node[0], item) is not None
+        return lambda item: get(item) is not None
     if name == "Contains":
-        value = _property_value(node[0], item)
-        constant = node.find(_t("Constant")).get("Value")
-        return value is not None and constant.lower() in value.lower()
-    if name in _COMPARISONS:
-        value = _property_value(node[0], item)
-        constant = node.find(f"{_t('FieldURIOrConstant')}/{_t('Constant')}")
-        if value is None or constant is None:
+        needle = node.find(_t("Constant")).get("Value").lower()
+
+        def contains(item: StoredItem) -> bool:
+            value = get(item)
+            return value is not None and needle in value.lower()
+
+        return contains
+    if name not in _COMPARISONS:
+        raise ItemError("ErrorUnsupportedQueryFilter", f"Restriction {name} is not emulated.")
+    test = _COMPARISONS[name]
+    constant_elem = node.find(f"{_t('FieldURIOrConstant')}/{_t('Constant')}")
+    if constant_elem is None:
+        raise ItemError("ErrorUnsupportedQueryFilter", "Only constants are compared.")
+    text = constant_elem.get("Value", "")
+    try:
+        constant: object = _parse_time(text) if is_time else text
+    except ValueError:
+        raise ItemError("ErrorInvalidValueForProperty") from None
+
+    def compare(item: StoredItem) -> bool:
+        value = get(item)
+        if value is None:
             return False
-        return _COMPARISONS[name](_compare(value, constant.get("Value")))
-    raise ItemError("ErrorUnsupportedQueryFilter", f"Restriction {name} is not emulated.")
+        left: object = _parse_time(value) if is_time else value
+        return test((left > constant) - (left < constant))  # type: ignore[operator]
+
+    return compare
 
 
 # -- responses --------------------------------------------------------------------------------
 
 
-def _now_text() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _now_text(at: dt.datetime | None = None) -> str:
+    """A server-set time stamp, to the second (DateTimePrecision's default)."""
+    return (at or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _text_elem(tag: str, text: str) -> etree._Element:
@@ -1350,6 +1388,8 @@ class _Server(ThreadingHTTPServer):
         self.emulator = emulator
 
     def finish_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        with self.emulator._lock:
+            self.emulator.connections += 1
         if self.context is not None:
             try:
                 request = self.context.wrap_socket(request, server_side=True)

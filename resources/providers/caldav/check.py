@@ -51,7 +51,18 @@ def _sign_in(report: CheckReport, settings: CalDavSettings, session: DavSession)
     )
     ok = reply.status in (200, 207)
     detail = f"{settings.server_root} as {settings.username}"
+    if ok:
+        principal = _principal_of(reply)
+        detail += f", principal {principal}" if principal else " (the server names no principal)"
     report.add("sign in", ok, detail if ok else f"{detail}: {reply.reason()}")
+
+
+def _principal_of(reply) -> str | None:
+    for result in reply.dav.parse_propfind():
+        value = result.properties.get(dav.CurrentUserPrincipal.tag)
+        if value:
+            return str(value[0] if isinstance(value, list) else value)
+    return None
 
 
 def _calendar(

@@ -332,7 +332,7 @@ def test_check_finds_the_calendar_and_reads_privileges_without_writing(radicale_
     provider = provider_for(server)
     report = provider.check(user)
     assert report.ok, report.render()
-    assert "write" in report.render()
+    assert f"principal /{SERVICE_USER}/" in report.render() and "write" in report.render()
     locked = provider.check(LOCKED)
     assert not locked.ok and "rights file" in locked.render()
     missing = provider.check(fresh_user(server, calendar=False))
