@@ -24,6 +24,7 @@ from resources.providers.base import (
 from resources.providers.google import GoogleCalendarProvider
 from resources.providers.google.mapping import event_id_for, parse_event_id
 from resources.providers.google.settings import SCOPE_CALENDAR, SCOPE_EVENTS
+from resources.providers.retry import Backoff
 from tests.emulators import google_calendar as emulator_module
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
 from tests.emulators.pki import make_test_pki
@@ -738,13 +739,17 @@ def test_untrusted_certificate_is_fatal_names_the_host_and_ignores_ca_variables(
         # One TLS policy for every provider: environment CA variables are honoured by none.
         for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPLIB2_CA_CERTS"):
             monkeypatch.setenv(var, str(ca))
-        provider = make_provider(emulator, monkeypatch, max_attempts=8, backoff_base_seconds=1)
+        provider = make_provider(emulator, monkeypatch, max_attempts=8)
         host = emulator.base_url.split("//")[1].rstrip("/")
-        started = time.monotonic()
+        delays = []
+        real_delay = Backoff.delay
+        monkeypatch.setattr(
+            Backoff, "delay", lambda self, *a: delays.append(a) or real_delay(self, *a)
+        )
         with pytest.raises(FatalProviderError, match="ca_bundle") as raised:
             list(provider.apply([create(n) for n in range(10)]))
         assert host in str(raised.value) and "not retried" in str(raised.value)
-        assert time.monotonic() - started < 1.0  # at once: no backoff, no retry
+        assert delays == []  # at once: never a retry
         with pytest.raises(FatalProviderError, match=host):
             list(provider.read_back([ALICE], dt.date(2025, 7, 1), dt.date(2025, 8, 1)))
     finally:
@@ -1052,3 +1057,25 @@ def test_emulator_conditional_modification(google_calendar):
     assert client._send("DELETE", url, headers=headers)[0] == 412
     headers["If-Match"] = created["etag"]
     assert client._send("DELETE", url, headers=headers)[0] == 204
+
+
+def test_timed_to_all_day_changes_in_place_unless_out_of_office(google_calendar, monkeypatch):
+    # The Events reference lets a regular event change between all-day and timed; an
+    # out-of-office event cannot be all-day, so that change is a change of type.
+    for ooo in (False, True):
+        provider = make_provider(google_calendar, monkeypatch, out_of_office=ooo)
+        n = 20 + ooo
+        [first] = provider.apply([EventChange("create", f"leave-{n}", BOB, timed(n))])
+        [second] = provider.apply(
+            [EventChange("update", f"leave-{n}", BOB, leave(n), first.provider_event_id)]
+        )
+        [third] = provider.apply(
+            [EventChange("update", f"leave-{n}", BOB, timed(n), second.provider_event_id)]
+        )
+        assert first.ok and second.ok and third.ok
+        ids = {first.provider_event_id, second.provider_event_id, third.provider_event_id}
+        assert len(ids) == (3 if ooo else 1)
+        [event] = live_of(google_calendar, BOB, f"leave-{n}")
+        assert event["eventType"] == ("outOfOffice" if ooo else "default")
+        assert "dateTime" in event["start"]
+    assert google_calendar.stats["event_type_change_refused"] == 0
