@@ -1143,7 +1143,7 @@ def _render_item(item: StoredItem, shape: etree._Element | None) -> etree._Eleme
     for name in sorted(item.fields, key=lambda n: _POSITION.get(n, len(_POSITION))):
         if wanted is None or name in wanted:
             elem.append(copy.deepcopy(item.fields[name]))
-    for key in extended if wanted is not None else list(item.extended):
+    for key in extended:  # never part of a base shape, only when asked for by name
         if key in item.extended:
             uri, value = item.extended[key]
             prop = etree.SubElement(elem, _t("ExtendedProperty"))
