@@ -199,6 +199,7 @@ def report(runs, dry_run: bool = False) -> int:
             "created",
             "updated",
             "deleted",
+            "moved",
             "unchanged",
             "quarantined",
             "failed",
@@ -219,7 +220,20 @@ def report(runs, dry_run: bool = False) -> int:
                 ch = run.plan.diff.changes
                 print(f"\n{run.entity_key}: {len(ch)} changes")
                 print(
-                    ch[["op", "target", "event_key", "calendar", "start", "end", "title", "status"]]
+                    ch[
+                        [
+                            "op",
+                            "target",
+                            "event_key",
+                            "calendar",
+                            "from_calendar",
+                            "start",
+                            "end",
+                            "title",
+                            "status",
+                        ]
+                    ]
+                    .fillna("")
                     .head(50)
                     .to_string(index=False)
                 )
@@ -229,7 +243,11 @@ def report(runs, dry_run: bool = False) -> int:
         for msg in run.messages:
             print(f"{run.entity_key}: {msg}")
     changes = (
-        int(table[[c for c in ("created", "updated", "deleted") if c in table]].to_numpy().sum())
+        int(
+            table[[c for c in ("created", "updated", "deleted", "moved") if c in table]]
+            .to_numpy()
+            .sum()
+        )
         if len(table)
         else 0
     )

@@ -192,7 +192,7 @@ def _execute(defs, job_name: str, key: str, run_tags: dict[str, str]) -> EntityR
             break
     if run.summary is None and run.plan is not None:
         run.summary = run.plan.summary().rename(
-            columns={"create": "created", "update": "updated", "delete": "deleted"}
+            columns={"create": "created", "update": "updated", "delete": "deleted", "move": "moved"}
         )
     for ev in result.all_events:
         if ev.is_failure and ev.event_specific_data is not None:

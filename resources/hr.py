@@ -161,6 +161,20 @@ class HRDatabase(ConfigurableResource):
             )
         return str(rows.iloc[0, 0])
 
+    def employee_emails(self, codes: Sequence[str]) -> pd.DataFrame:
+        """Every employee email HR knows in these legal entities (employee_email, legal_entity),
+        lower-cased like calendars; drift reads them back when its registry cannot be trusted."""
+        if not codes:
+            return pd.DataFrame(columns=["employee_email", "legal_entity"])
+        stmt = sa.text(
+            f"SELECT DISTINCT src.employee_email, src.legal_entity FROM {self._source()} "
+            "WHERE src.legal_entity IN :codes AND src.employee_email IS NOT NULL"
+        ).bindparams(sa.bindparam("codes", expanding=True))
+        rows = self._read(stmt, {"codes": list(codes)}, "listing employees")
+        rows.columns = ["employee_email", "legal_entity"]
+        rows["employee_email"] = rows["employee_email"].astype(str).str.strip().str.lower()
+        return rows.drop_duplicates().reset_index(drop=True)
+
     def partition_keys(self) -> list[str]:
         """Partition keys: one per legal entity, plus the one for unassigned leaves."""
         return sorted({entity_partition_key(c) for c in self.legal_entities()} | {UNASSIGNED})
