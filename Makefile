@@ -9,6 +9,7 @@ export DAGSTER_HOME ?= $(LEAVESYNC_HOME)/dagster
 export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
 # Per-partition materializations of a range run stored in batches (PostgreSQL storage).
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
+export GX_ANALYTICS_ENABLED ?= false
 
 .PHONY: install demo sync test ui lint format bench bench-smoke bench-providers services clean
 
@@ -33,7 +34,8 @@ test: install services  ## the whole test suite
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 ui: install  ## the Dagster UI (and daemon: schedule, sensor, backfills) on the demo's instance
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: install
