@@ -10,9 +10,10 @@ from resources.providers.base import CalendarProvider
 # that only uses .ics feeds never imports the Google, Microsoft or Exchange libraries.
 PROVIDER_TYPES: dict[str, str] = {
     "ics": "resources.providers.ics:IcsProvider",
-    "google": "resources.providers.google:GoogleCalendarProvider",
-    "microsoft_graph": "resources.providers.graph:GraphCalendarProvider",
+    "google": "resources.providers.google.provider:GoogleCalendarProvider",
+    "microsoft_graph": "resources.providers.graph.provider:GraphCalendarProvider",
     "ews": "resources.providers.ews:EwsCalendarProvider",
+    "caldav": "resources.providers.caldav:CalDavProvider",
 }
 
 
