@@ -476,13 +476,15 @@ def cmd_check(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_entities(cfg: AppConfig, args: argparse.Namespace) -> int:
+    # Only the HR resource and the instance: importing the asset graph would double the time.
     from dagster import DagsterInstance
 
-    from pipelines.definitions import build_resources
     from pipelines.runner import ensure_dagster_home, sync_entity_partitions
+    from resources.hr import HRDatabase
 
     ensure_dagster_home(cfg)
-    keys = sync_entity_partitions(DagsterInstance.get(), build_resources(cfg)["hr"])
+    hr = HRDatabase(url=cfg.hr_url_in_file(), url_env=cfg.hr.url_env, query=cfg.hr.query)
+    keys = sync_entity_partitions(DagsterInstance.get(), hr)
     print("\n".join(keys))
     return 0
 

@@ -314,9 +314,11 @@ def _execute(
             on_change(label or key, target, done, total)
 
         sync.PROGRESS_LISTENERS.append(listener)
+    instance = DagsterInstance.get()
+    _as_code_location_run(instance, job_name)
     try:
         result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=DagsterInstance.get(),
+            instance=instance,
             tags=run_tags,
             raise_on_error=False,
             # The run's full event log is in the instance (and the UI); the terminal gets ours.
@@ -368,6 +370,43 @@ def _execute(
     if job_name == PLAN_JOB and run.status == "ok":
         run.status = "planned"
     return run
+
+
+def _as_code_location_run(instance, job_name: str) -> None:
+    """Runs of this instance are recorded with the code location's origin, as the UI's and the
+    daemon's are: listed under their job and the location, re-executable from the UI.
+
+    execute_in_process keeps the CLI fast (no daemon, no code server); it has no parameter
+    for the origin, so this instance's run creation adds it.
+    """
+    import sys
+
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    module, root = "pipelines.location", str(Path(__file__).resolve().parents[1])
+    target = LoadableTargetOrigin(
+        executable_path=sys.executable, module_name=module, working_directory=root
+    )
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(target, "leavesync")
+    remote = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job_name)
+    python = JobPythonOrigin(
+        job_name, RepositoryPythonOrigin(sys.executable, ModuleCodePointer(module, "defs", root))
+    )
+    create = instance.create_run_for_job
+
+    def create_with_origin(**kwargs):
+        kwargs.setdefault("remote_job_origin", remote)
+        kwargs.setdefault("job_code_origin", python)
+        return create(**kwargs)
+
+    instance.create_run_for_job = create_with_origin
 
 
 def _undoubled(text: str) -> str:

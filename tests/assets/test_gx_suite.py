@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -212,3 +213,40 @@ def test_frame_given_to_gx_is_plain_objects_with_every_change_column():
     assert list(frame.columns) == list(CHANGE_COLUMNS)
     assert set(frame.dtypes.astype(str)) == {"object"}
     assert frame.loc[2, "fingerprint"] is None
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_data_docs_page_renders_in_chromium_with_the_network_off(tmp_path):
+    result = run(tmp_path, diff(change("create", "leave-9", status="maybe")))
+
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            # No network: every host is unresolvable and every proxy dead.
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--proxy-server=127.0.0.1:9",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            result.docs_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+    parsed = _Page()
+    parsed.feed(dom)
+    text = " ".join(parsed.text)
+    for outcome in result.outcomes:
+        assert outcome.description in text
+    assert "the event key is leave-<leave id>" in text and "33.3%" in text
