@@ -11,7 +11,7 @@ export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo sync test ui lint format bench bench-smoke bench-providers services clean
+.PHONY: install demo sync test ui lint format bench bench-smoke bench-cli bench-providers services clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,9 @@ bench: install services  ## the scale benchmark (BENCH_ARGS="--employees 50000 -
 
 bench-smoke: install  ## a seconds-long run of the scale benchmark, so it cannot rot
 	$(BIN)/python -m bench.scale --smoke
+
+bench-cli: install  ## a 25-leave sync, `leavesync entities` and `make demo`, timed as a user runs them
+	$(BIN)/python -m bench.cli_bench
 
 bench-providers: install  ## Google, Graph and EWS providers against their emulators
 	$(BIN)/python -m bench.google_bench

@@ -179,6 +179,7 @@ def cmd_sync(cfg: AppConfig, args: argparse.Namespace) -> int:
             workers=args.workers,
             on_change=live.change,
             on_done=live.entity_done,
+            on_start=live.start,
         )
     code = report(runs, dry_run=args.dry_run)
     print_quarantine(cfg, [r.run_id for r in runs])
@@ -351,10 +352,21 @@ def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
         )
     else:
         print(f"demo HR database {path} already seeded (use --reseed to start over)")
+    from pipelines.progress import LiveProgress
     from resources.scope import window_today
 
     date_from, date_to = nightly_window(cfg, window_today(cfg.window.timezone))
-    runs = reconcile(cfg, None, date_from, date_to, progress=lambda m: print(m, flush=True))
+    with LiveProgress(None) as live:
+        runs = reconcile(
+            cfg,
+            None,
+            date_from,
+            date_to,
+            progress=live.line,
+            on_change=live.change,
+            on_done=live.entity_done,
+            on_start=live.start,
+        )
     code = report(runs)
     print_quarantine(cfg, [r.run_id for r in runs])
     print("\nreading the calendars back for the drift report")

@@ -38,6 +38,12 @@ class LiveProgress:
         if self._progress is not None:
             self._progress.stop()
 
+    def start(self, entities: int) -> None:
+        """The number of legal entities, once the runner knows it."""
+        self.entities = entities
+        if self._progress is not None:
+            self._progress.update(self._entity_task, total=entities)
+
     def line(self, message: str) -> None:
         if self._progress is not None:
             self._progress.console.print(message, markup=False, highlight=False)

@@ -97,20 +97,16 @@ def preflight(cfg: AppConfig, resources: dict, check_targets: bool = True) -> li
                 settings.provider(target.name).preflight()
             except FatalProviderError as err:
                 raise SetupError(_prefixed(f"target {target.name}", str(err))) from None
+    hr_setting = "hr.url_env" if cfg.hr.url_env else "hr.url"
     try:
         keys = resources["hr"].partition_keys()
-    except ConfigError:
-        raise
     except Exception as err:  # noqa: BLE001 - any failure to read HR stops the sync here
-        raise SetupError(_prefixed("HR database", _one_line(err), "hr.url or hr.url_env")) from None
+        raise SetupError(_prefixed("HR database", _one_line(err), hr_setting)) from None
+    state_setting = "state.url_env" if cfg.state.url_env else "state.url"
     try:
         resources["state"].quarantine_for_run("preflight")
-    except ConfigError:
-        raise
     except Exception as err:  # noqa: BLE001 - likewise for the state store
-        raise SetupError(
-            _prefixed("state store", _one_line(err), "state.url or state.url_env")
-        ) from None
+        raise SetupError(_prefixed("state database", _one_line(err), state_setting)) from None
     return keys
 
 
@@ -136,6 +132,7 @@ def reconcile(
     workers: int = 1,
     on_change: Callable[[str, str, int, int], None] | None = None,
     on_done: Callable[[EntityRun], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> list[EntityRun]:
     """One reconciliation run (or plan run, for a dry run) per legal entity."""
     from pipelines.definitions import PLAN_JOB
@@ -152,6 +149,7 @@ def reconcile(
         workers=workers,
         on_change=on_change,
         on_done=on_done,
+        on_start=on_start,
     )
 
 
@@ -167,6 +165,7 @@ def run_job(
     workers: int = 1,
     on_change: Callable[[str, str, int, int], None] | None = None,
     on_done: Callable[[EntityRun], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> list[EntityRun]:
     """One Dagster run of ``job_name`` per legal entity over [date_from, date_to].
 
@@ -203,6 +202,8 @@ def run_job(
         if allow_mass_delete:
             run_tags[ALLOW_MASS_DELETE_TAG] = "true"
         requests.append((key, run_tags))
+    if on_start:
+        on_start(len(requests))
     if workers <= 1 or len(requests) <= 1:
         runs = []
         for key, run_tags in requests:

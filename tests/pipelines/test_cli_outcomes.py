@@ -130,7 +130,7 @@ def test_unusable_state_store_exits_2_before_any_write(home, hr, capsys):
 
     captured = capsys.readouterr()
     _no_traceback(captured.out + captured.err)
-    assert str(missing.parent) in captured.err
+    assert str(missing.parent) in captured.err and "state.url" in captured.err
     assert captured.err.count("state database") == 1  # said once
     assert not (home / "feeds").exists()
 
