@@ -17,6 +17,7 @@ from typing import Any
 
 from exchangelib import CalendarItem, Q
 from exchangelib import errors as ews_errors
+from exchangelib.folders.base import BaseFolder
 from exchangelib.items import ALWAYS_OVERWRITE, ID_ONLY, SAVE_ONLY, SEND_TO_NONE
 from exchangelib.items.base import ALL_OCCURRENCES, HARD_DELETE
 from exchangelib.properties import ItemId
@@ -38,6 +39,7 @@ from resources.providers.ews.mapping import (
     READ_FIELDS,
     WRITTEN_FIELDS,
     calendar_item,
+    calendar_item_from_xml,
     field_paths,
     payload_of,
 )
@@ -79,7 +81,12 @@ class DeleteItems(_PerItemErrors, DeleteItem):
 
 
 class GetItems(_PerItemErrors, GetItem):
-    pass
+    """GetItem whose calendar items keep their all-day dates right across DST."""
+
+    def _elem_to_obj(self, elem: Any) -> Any:
+        if BaseFolder.item_model_from_tag(elem.tag) is CalendarItem:
+            return calendar_item_from_xml(elem, self.account)
+        return super()._elem_to_obj(elem)
 
 
 class FindItems(_PerItemErrors, FindItem):

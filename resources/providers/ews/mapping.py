@@ -8,7 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from exchangelib import Account, CalendarItem, ExtendedProperty
-from exchangelib.ewsdatetime import EWSDate, EWSDateTime, EWSTimeZone
+from exchangelib.ewsdatetime import UTC, EWSDate, EWSDateTime, EWSTimeZone
 from exchangelib.fields import FieldPath
 from exchangelib.folders import Calendar
 from exchangelib.properties import Body
@@ -88,6 +88,25 @@ def _register_properties() -> None:
 
 
 _register_properties()
+
+
+def calendar_item_from_xml(elem: Any, account: Account) -> CalendarItem:
+    """A calendar item as Exchange answered it, all-day dates read in the item's own zone.
+
+    exchangelib's CalendarItem.from_xml subtracts 24 hours from an all-day end before taking
+    its local date: a day off when the event's last day is a 23-hour day (DST starts). Here
+    the local date comes first, then one day back.
+    """
+    item = super(CalendarItem, CalendarItem).from_xml(elem=elem, account=account)
+    if item.is_all_day:
+        for name in ("start", "end"):
+            value = getattr(item, name)
+            if value is None:
+                continue
+            zone = getattr(item, f"_{name}_timezone") or UTC
+            local = value.astimezone(zone).date()
+            setattr(item, name, local - dt.timedelta(days=1) if name == "end" else local)
+    return item
 
 
 def field_paths(names: tuple[str, ...]) -> set[FieldPath]:
