@@ -106,6 +106,8 @@ class _TargetRun:
         self.run_id, self.outcome, self.log = run_id, outcome, log
         self.pending: list[tuple[ChangeResult, SnapshotRow | None]] = []
         self.last_flush = time.monotonic()
+        self.done, self.total = 0, 0
+        self.progress: Callable[[str, int, int], None] | None = None
 
     def apply(self, frame: pd.DataFrame, changes: list[EventChange]) -> set[str]:
         """Send ``changes`` (one per row of ``frame``); the keys of those that landed."""
@@ -114,7 +116,8 @@ class _TargetRun:
             for c, row in zip(changes, frame.itertuples(index=False), strict=True)
         }
         landed: set[str] = set()
-        for done, result in enumerate(self.provider.apply(changes), start=1):
+        for result in self.provider.apply(changes):
+            self.done += 1
             change = result.change
             row = rows[(change.op, change.event_key, change.calendar)]
             if result.ok:
@@ -131,7 +134,7 @@ class _TargetRun:
                 or time.monotonic() - self.last_flush > FLUSH_SECONDS
             ):
                 self.flush()
-                self.log.info(f"target {self.target}: {done}/{len(changes)} changes done")
+                self.log.info(f"target {self.target}: {self.done}/{self.total} changes done")
         return landed
 
     def fail(self, row, result: ChangeResult) -> None:
@@ -163,6 +166,8 @@ class _TargetRun:
         if self.pending:
             self.state.record_changes(self.target, self.pending, self.run_id)
         self.pending, self.last_flush = [], time.monotonic()
+        if self.progress:
+            self.progress(self.target, self.done, self.total)
 
 
 def apply_diff(
@@ -171,6 +176,8 @@ def apply_diff(
     state: StateStore,
     run_id: str,
     log: logging.Logger | None = None,
+    outcome: SyncOutcome | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> SyncOutcome:
     """Apply every target's changes; each confirmed change reaches the snapshot, failures are kept.
 
@@ -179,13 +186,16 @@ def apply_diff(
     an alias the new address reaches the old mailbox, where a create's look-up would find
     the old event and adopt it, and the delete would then remove it; and a move killed
     between its halves has no snapshot row, so the next run creates (never blind) again.
+    ``outcome`` collects what landed even if a target stops the run; ``on_progress`` gets
+    (target, changes done, changes planned) as they land.
     """
     log = log or logging.getLogger(__name__)
-    outcome = SyncOutcome()
+    outcome = outcome if outcome is not None else SyncOutcome()
     changes = plan.diff.changes
     for target, frame in changes.groupby("target", sort=True):
         target = str(target)
         run = _TargetRun(target, provider_for(target), state, run_id, outcome, log)
+        run.progress, run.total = on_progress, len(frame)
         log.info(f"target {target}: applying {len(frame)} changes")
         try:
             first = frame[frame["op"].isin(["delete", "move"])]
@@ -275,21 +285,46 @@ def build_calendar_sync(partitions_def, target_names: list[str]) -> AssetsDefini
     ) -> MaterializeResult:
         if plan.refused:
             raise Failure(description="\n".join(r.message() for r in plan.refusals))
-        outcome = apply_diff(plan, settings.provider, state, context.run.run_id, context.log)
-        summary = sync_summary(plan, outcome)
-        for row in summary.itertuples(index=False):
-            context.log.info(
-                f"{row.legal_entity}: created {row.created}, updated {row.updated}, deleted "
-                f"{row.deleted}, moved {row.moved}, unchanged {row.unchanged}, "
-                f"quarantined {row.quarantined}, failed {row.failed}"
+        outcome = SyncOutcome()
+        try:
+            apply_diff(
+                plan,
+                settings.provider,
+                state,
+                context.run.run_id,
+                context.log,
+                outcome=outcome,
+                on_progress=_report_progress,
             )
-        return MaterializeResult(
-            metadata={
-                "summary": MetadataValue.json(summary.to_dict("records")),
-                "summary_table": MetadataValue.md(markdown_table(summary)),
-                "failed": MetadataValue.md(markdown_table(pd.DataFrame(outcome.failed))),
-                "targets": MetadataValue.json(target_names),
-            }
-        )
+        except Failure as stop:
+            # What landed before the stop is in the snapshot; the CLI and the UI say so.
+            summary = sync_summary(plan, outcome)
+            raise Failure(
+                description=stop.description,
+                metadata=_sync_metadata(summary, outcome, target_names),
+            ) from stop
+        summary = sync_summary(plan, outcome)
+        return MaterializeResult(metadata=_sync_metadata(summary, outcome, target_names))
 
     return calendar_sync
+
+
+# Listeners of this process told of changes as they land (the CLI's live progress).
+PROGRESS_LISTENERS: list[Callable[[str, int, int], None]] = []
+
+
+def _report_progress(target: str, done: int, total: int) -> None:
+    for listener in PROGRESS_LISTENERS:
+        listener(target, done, total)
+
+
+def _sync_metadata(summary: pd.DataFrame, outcome: SyncOutcome, target_names: list[str]) -> dict:
+    failed = pd.DataFrame(
+        outcome.failed, columns=["target", "legal_entity", "event_key", "calendar", "op", "error"]
+    )
+    return {
+        "summary": MetadataValue.json(summary.to_dict("records")),
+        "summary_table": MetadataValue.md(markdown_table(summary)),
+        "failed": MetadataValue.md(markdown_table(failed.head(100))),
+        "targets": MetadataValue.json(target_names),
+    }

@@ -126,7 +126,7 @@ class Run:
         self.futures: dict[Future, Batch] = {}
         self.results: collections.deque[ChangeResult] = collections.deque()
         self.denied: set[str] = set()
-        self.succeeded_mailboxes = 0
+        self.writes_succeeded = 0  # a look-up succeeds with read permission alone
         self.refreshed_token: str | None = None
         by_mailbox: dict[str, list[Task]] = collections.defaultdict(list)
         for change in changes:
@@ -316,7 +316,7 @@ class Run:
             self.scheduler.push(work, front=True)
             return
         if status < 300:
-            self.succeeded_mailboxes += 1
+            self.writes_succeeded += work.kind != "lookup"
             body = reply.body if isinstance(reply.body, dict) else {}
             if work.kind == "lookup":
                 self._looked_up(work, body)
@@ -347,7 +347,7 @@ class Run:
             return
         if status == 403 or reply.code in DENIED_ERRORS:
             self.denied.add(work.mailbox)
-            if not self.succeeded_mailboxes and len(self.denied) >= min(3, self.total_mailboxes):
+            if not self.writes_succeeded and len(self.denied) >= min(3, self.total_mailboxes):
                 raise FatalProviderError(
                     f"Microsoft Graph denies the app access to every mailbox tried "
                     f"({', '.join(sorted(self.denied))}): {reply.describe()}. Grant the "
