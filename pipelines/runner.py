@@ -99,8 +99,10 @@ def run_job(
 
     from assets.leave_diff import ALLOW_MASS_DELETE_TAG
     from pipelines.definitions import build_definitions
+    from pipelines.orphans import sweep
     from pipelines.partitions import range_tags
 
+    sweep(cfg, progress)  # a run left in progress by a dead process frees its entity first
     defs = build_definitions(cfg)
     known = sync_entity_partitions(DagsterInstance.get(), defs.resources["hr"])
     keys = entity_keys or known
@@ -128,8 +130,12 @@ def run_job(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from pipelines.orphans import exit_with_parent
+
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=exit_with_parent
+    ) as pool:
         futures = []
         for key, run_tags in requests:
             progress(f"{key}: {job_name} {date_from}..{date_to} (queued)")
@@ -161,10 +167,11 @@ def _execute(defs, job_name: str, key: str, run_tags: dict[str, str]) -> EntityR
 
     from assets.leave_diff import LEAVE_DIFF, SAFETY_CHECK
     from assets.sync import CALENDAR_SYNC
+    from pipelines.orphans import owner_tags
 
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=DagsterInstance.get(),
-        tags=run_tags,
+        tags={**run_tags, **owner_tags()},  # whose process runs it (pipelines/orphans.py)
         raise_on_error=False,
         # The run's full event log is in the instance (and the UI); the terminal gets warnings.
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
