@@ -23,7 +23,7 @@ def extract_scope(hr: HRDatabase, scopes: list) -> pd.DataFrame:
     for scope in scopes:
         frame = hr.extract(scope.entity_key, scope.date_from, scope.date_to)
         if len(scope.dates) < (scope.date_to - scope.date_from).days + 1:
-            frame = frame[frame["start_date"].isin(scope.dates)]
+            frame = frame[frame["start_date"].isin(scope.dates) | frame["start_date"].isna()]
         frames.append(frame.assign(**{PARTITION_COLUMN: scope.entity_key}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

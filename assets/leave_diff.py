@@ -105,7 +105,7 @@ def plan(
     if all_leaves.empty:
         all_leaves = _empty_leaves()
 
-    checked = validate_rows(all_leaves, cfg.safety)
+    checked = validate_rows(all_leaves, cfg.safety, cfg.events)
     desired_parts = [render_events(checked.valid, t, cfg.events) for t in cfg.targets]
     desired = (
         pd.concat(desired_parts, ignore_index=True)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from zoneinfo import ZoneInfo
 
 import pandas as pd
+from email_validator import EmailNotValidError, validate_email
 
-from resources.config import SafetyConfig
+from resources.config import EventRules, SafetyConfig
+from resources.providers.base import EVENT_KEY_PREFIX
 
 KNOWN_STATUSES = ("pending", "approved", "rejected", "cancelled")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+# A coarse shape, for the GX suite's net on the diff; rows are checked by email-validator.
 EMAIL_PATTERN = rf"^[^@\s<>(),;:\"\[\]]+@{_LABEL}(?:\.{_LABEL})+$"
 MAX_TITLE_CHARS = 255
 MAX_EMAIL_CHARS = 254
@@ -21,10 +25,12 @@ MAX_EMAIL_CHARS = 254
 EMPLOYEE_UNKNOWN = "employee_unknown"
 LEGAL_ENTITY_UNKNOWN = "legal_entity_unknown"
 TIMEZONE_INVALID = "timezone_invalid"
+WORKDAY_HOURS_INVALID = "workday_hours_invalid"
 EMAIL_MISSING = "email_missing"
 EMAIL_MALFORMED = "email_malformed"
 LEAVE_TYPE_UNKNOWN = "leave_type_unknown"
 STATUS_UNKNOWN = "status_unknown"
+DATE_MISSING = "date_missing"
 DATE_INVALID = "date_invalid"
 DATE_OUT_OF_RANGE = "date_out_of_range"
 END_BEFORE_START = "end_before_start"
@@ -46,11 +52,17 @@ ROW_RULES: tuple[RowRule, ...] = (
     RowRule(EMPLOYEE_UNKNOWN, "error", "the leave's employee is not in the employees table"),
     RowRule(LEGAL_ENTITY_UNKNOWN, "error", "the employee's legal entity is not known"),
     RowRule(TIMEZONE_INVALID, "error", "the legal entity's time zone is not an IANA zone"),
+    RowRule(
+        WORKDAY_HOURS_INVALID,
+        "error",
+        "the legal entity's workday hours are not in order (start < midday < end)",
+    ),
     RowRule(EMAIL_MISSING, "error", "the employee has no email (no calendar to write to)"),
-    RowRule(EMAIL_MALFORMED, "error", "the employee's email is not a well-formed address"),
+    RowRule(EMAIL_MALFORMED, "error", "the employee's email is not a valid address"),
     RowRule(LEAVE_TYPE_UNKNOWN, "error", "the leave type is not in the leave_types table"),
     RowRule(STATUS_UNKNOWN, "error", "status is not pending, approved, rejected or cancelled"),
-    RowRule(DATE_INVALID, "error", "start or end date is missing or not a date"),
+    RowRule(DATE_MISSING, "error", "the start or end date is missing (NULL)"),
+    RowRule(DATE_INVALID, "error", "the start or end date is not a date"),
     RowRule(DATE_OUT_OF_RANGE, "error", "a date lies outside the configured sane range"),
     RowRule(END_BEFORE_START, "error", "the leave ends before it starts"),
     RowRule(
@@ -79,23 +91,72 @@ def _valid_zone(name: str) -> bool:
         return False
 
 
-def rule_violations(leaves: pd.DataFrame, safety: SafetyConfig) -> dict[str, pd.Series]:
+@cache
+def email_problem(address: str) -> str | None:
+    """Why ``address`` is not a valid mailbox address (email-validator, syntax only), or None."""
+    try:
+        validate_email(
+            address,
+            check_deliverability=False,  # syntax only: no DNS look-up
+            allow_quoted_local=False,
+            allow_domain_literal=False,
+        )
+    except EmailNotValidError as err:
+        return str(err)
+    return None
+
+
+_HHMMSS = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
+
+
+def workday_hours(leaves: pd.DataFrame, events: EventRules) -> pd.DataFrame:
+    """Each row's legal entity workday start, midday and end ('HH:MM:SS'; defaults filled in)."""
+    defaults = {
+        "workday_start": events.workday_start,
+        "midday": events.midday,
+        "workday_end": events.workday_end,
+    }
+    return pd.DataFrame(
+        {
+            col: leaves[col].fillna(value.strftime("%H:%M:%S")).astype(str)
+            if col in leaves
+            else value.strftime("%H:%M:%S")
+            for col, value in defaults.items()
+        },
+        index=leaves.index,
+    )
+
+
+def rule_violations(
+    leaves: pd.DataFrame, safety: SafetyConfig, events: EventRules | None = None
+) -> dict[str, pd.Series]:
     """For each row rule, a boolean mask of the rows that break it."""
     employee_known = leaves["employee_known"].astype(bool)
+    entity_known = employee_known & leaves["legal_entity_known"].astype(bool)
     email = leaves["employee_email"]
     email_present = email.notna() & email.fillna("").str.strip().ne("")
+    candidates = email[email_present & email.fillna("").str.len().le(MAX_EMAIL_CHARS)]
+    bad_emails = {e for e in pd.unique(candidates.astype(str)) if email_problem(e) is not None}
     start = pd.to_datetime(leaves["start_date"], format="%Y-%m-%d", errors="coerce")
     end = pd.to_datetime(leaves["end_date"], format="%Y-%m-%d", errors="coerce")
     dates_ok = start.notna() & end.notna()
+    date_missing = leaves["start_date"].isna() | leaves["end_date"].isna()
+    hours = workday_hours(leaves, events or EventRules())
+    hours_ok = (
+        hours["workday_start"].str.match(_HHMMSS.pattern)
+        & hours["midday"].str.match(_HHMMSS.pattern)
+        & hours["workday_end"].str.match(_HHMMSS.pattern)
+        & (hours["workday_start"] < hours["midday"])
+        & (hours["midday"] < hours["workday_end"])
+    )
     lo, hi = pd.Timestamp(safety.min_date), pd.Timestamp(safety.max_date)
     start_half, end_half = leaves["start_half"], leaves["end_half"]
     one_day = leaves["start_date"] == leaves["end_date"]
     has_start_time, has_end_time = leaves["start_time"].notna(), leaves["end_time"].notna()
     hourly = has_start_time | has_end_time
     zones = leaves["timezone"].fillna("")
-    long_text = leaves["leave_type_name"].fillna("").str.len().gt(MAX_TITLE_CHARS) | email.fillna(
-        ""
-    ).str.len().gt(MAX_EMAIL_CHARS)
+    long_email = email.fillna("").str.len().gt(MAX_EMAIL_CHARS)
+    long_text = leaves["leave_type_name"].fillna("").str.len().gt(MAX_TITLE_CHARS) | long_email
     # Raw text that did not parse as a date, or a date pandas cannot hold (year 1677-2262).
     raw_is_date = leaves["start_date"].fillna("").str.fullmatch(r"\d{4}-\d{2}-\d{2}") & leaves[
         "end_date"
@@ -104,14 +165,14 @@ def rule_violations(leaves: pd.DataFrame, safety: SafetyConfig) -> dict[str, pd.
     masks = {
         EMPLOYEE_UNKNOWN: ~employee_known,
         LEGAL_ENTITY_UNKNOWN: employee_known & ~leaves["legal_entity_known"].astype(bool),
-        TIMEZONE_INVALID: employee_known
-        & leaves["legal_entity_known"].astype(bool)
-        & ~zones.map(_valid_zone).astype(bool),
+        TIMEZONE_INVALID: entity_known & ~zones.map(_valid_zone).astype(bool),
+        WORKDAY_HOURS_INVALID: entity_known & ~hours_ok,
         EMAIL_MISSING: employee_known & ~email_present,
-        EMAIL_MALFORMED: email_present & ~email.fillna("").str.match(EMAIL_PATTERN),
+        EMAIL_MALFORMED: email_present & ~long_email & email.isin(bad_emails),
         LEAVE_TYPE_UNKNOWN: ~leaves["leave_type_known"].astype(bool),
         STATUS_UNKNOWN: ~leaves["status"].isin(KNOWN_STATUSES),
-        DATE_INVALID: ~dates_ok & ~out_of_range,
+        DATE_MISSING: date_missing,
+        DATE_INVALID: ~dates_ok & ~out_of_range & ~date_missing,
         DATE_OUT_OF_RANGE: out_of_range,
         END_BEFORE_START: dates_ok & (end < start),
         HALF_DAY_INVALID: (start_half.notna() & ~start_half.isin(["AM", "PM"]))
@@ -163,6 +224,9 @@ QUARANTINE_COLUMNS = (
     "leave_id",
     "legal_entity",
     "start_date",
+    "event_key",
+    "employee_id",
+    "employee_email",
     "rule",
     "severity",
     "message",
@@ -170,9 +234,38 @@ QUARANTINE_COLUMNS = (
 )
 
 
-def validate_rows(leaves: pd.DataFrame, safety: SafetyConfig) -> RowValidation:
+def _messages(name: str, rule: RowRule, hit: pd.DataFrame, events: EventRules) -> list[str]:
+    """The rule's description, with the values at fault where they help to fix the row."""
+    if name == EMAIL_MALFORMED:
+        return [
+            f"{rule.description}: {email_problem(str(e))}" for e in hit["employee_email"].tolist()
+        ]
+    if name == TIMEZONE_INVALID:
+        return [
+            f"{rule.description}: legal entity {le} has time zone {tz!r}"
+            for le, tz in zip(hit["legal_entity"], hit["timezone"], strict=True)
+        ]
+    if name == WORKDAY_HOURS_INVALID:
+        hours = workday_hours(hit, events)
+        return [
+            f"{rule.description}: legal entity {le} has start {a}, midday {b}, end {c}"
+            for le, a, b, c in zip(
+                hit["legal_entity"],
+                hours["workday_start"],
+                hours["midday"],
+                hours["workday_end"],
+                strict=True,
+            )
+        ]
+    return [rule.description] * len(hit)
+
+
+def validate_rows(
+    leaves: pd.DataFrame, safety: SafetyConfig, events: EventRules | None = None
+) -> RowValidation:
     """Split leaves into the rows that go on and the findings (quarantined rows and warnings)."""
-    masks = rule_violations(leaves, safety)
+    events = events or EventRules()
+    masks = rule_violations(leaves, safety, events)
     findings = []
     errors = pd.Series(False, index=leaves.index)
     counts: dict[str, int] = {}
@@ -190,9 +283,12 @@ def validate_rows(leaves: pd.DataFrame, safety: SafetyConfig) -> RowValidation:
                     "leave_id": hit["leave_id"],
                     "legal_entity": hit["legal_entity"],
                     "start_date": hit["start_date"],
+                    "event_key": EVENT_KEY_PREFIX + hit["leave_id"].astype(str),
+                    "employee_id": hit["employee_id"],
+                    "employee_email": hit["employee_email"],
                     "rule": name,
                     "severity": rule.severity,
-                    "message": rule.description,
+                    "message": _messages(name, rule, hit, events),
                     "row": [_row_json(r) for r in hit.to_dict("records")],
                 }
             )

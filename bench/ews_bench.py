@@ -17,7 +17,8 @@ from pathlib import Path
 
 from bench.events import sample_payload
 from resources.providers.base import EventChange
-from resources.providers.ews import EwsCalendarProvider, EwsSettings
+from resources.providers.ews import EwsCalendarProvider
+from resources.providers.ews.settings import EwsSettings
 from tests.emulators.ews import EwsEmulator
 
 RESULTS = Path(__file__).parent / "results" / "ews.json"

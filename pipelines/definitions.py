@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions, EnvVar, define_asset_job
+from dagster import Definitions, define_asset_job
 
 from assets.drift import SYNC_DRIFT, build_sync_drift
 from assets.extract import HR_LEAVES, build_hr_leaves
@@ -22,10 +22,11 @@ DRIFT_JOB = "drift"
 
 
 def build_resources(cfg: AppConfig) -> dict:
-    hr = HRDatabase(
-        url=EnvVar(cfg.hr.url_env) if cfg.hr.url_env else cfg.hr_url(), query=cfg.hr.query
-    )
-    state = StateStore(url=EnvVar(cfg.state.url_env) if cfg.state.url_env else cfg.state_url())
+    """The resources of every job. A url_env is handed over as the variable's name: the
+    resource reads it when used, in a run or in the CLI alike, so the URL and its password
+    never enter Dagster's run config, job snapshots or metadata."""
+    hr = HRDatabase(url=cfg.hr_url_in_file(), url_env=cfg.hr.url_env, query=cfg.hr.query)
+    state = StateStore(url=cfg.state_url_in_file(), url_env=cfg.state.url_env)
     return {
         "hr": hr,
         "state": state,

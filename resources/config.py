@@ -23,29 +23,45 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class HRConfig(_Model):
-    """Where the leaves come from."""
+class _DatabaseConfig(_Model):
+    """A database URL in the file (no password), or the name of a variable that holds it."""
 
-    url: str | None = None
+    url: str | None = Field(default=None, description="SQLAlchemy URL without a password")
     url_env: str | None = Field(
-        default=None, description="environment variable holding the URL (when it has a password)"
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the URL (when it has a password)",
     )
-    query: str | None = Field(
-        default=None, description="custom SELECT returning the canonical columns"
-    )
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        # A password in the file would reach Dagster's run config and job snapshots (and
+        # every copy of the file): refused, so it can only come from the environment.
+        if value and _has_password(value):
+            raise ValueError(
+                "contains a password; secrets never go in the configuration file: put the "
+                "whole URL in an environment variable and name it in url_env instead"
+            )
+        return value
 
     @model_validator(mode="after")
-    def _one_url(self) -> HRConfig:
+    def _one_url(self) -> _DatabaseConfig:
         if self.url and self.url_env:
             raise ValueError("give either url or url_env, not both")
         return self
 
 
-class StateConfig(_Model):
-    """The state store: snapshot, quarantine, drift history."""
+class HRConfig(_DatabaseConfig):
+    """Where the leaves come from."""
 
-    url: str | None = None
-    url_env: str | None = None
+    query: str | None = Field(
+        default=None, description="custom SELECT returning the canonical columns"
+    )
+
+
+class StateConfig(_DatabaseConfig):
+    """The state store: snapshot, quarantine, intent journal, calendar registry, drift history."""
 
 
 class WindowConfig(_Model):
@@ -171,10 +187,19 @@ class AppConfig(_Model):
         return Path(os.environ.get(HOME_ENV, ".leavesync")).resolve()
 
     def hr_url(self) -> str:
-        return self.hr.url or f"sqlite:///{self.home() / 'hr.sqlite'}"
+        """The HR database URL; with url_env, read from the environment now."""
+        return _database_url("HR", "hr", self.hr, self.home() / "hr.sqlite")
 
     def state_url(self) -> str:
-        return self.state.url or f"sqlite:///{self.home() / 'state.sqlite'}"
+        """The state store URL; with url_env, read from the environment now."""
+        return _database_url("state", "state", self.state, self.home() / "state.sqlite")
+
+    def hr_url_in_file(self) -> str | None:
+        """What the file says (or the embedded default): None when the URL is in url_env."""
+        return None if self.hr.url_env else self.hr_url()
+
+    def state_url_in_file(self) -> str | None:
+        return None if self.state.url_env else self.state_url()
 
     def reports_dir(self) -> Path:
         return (
@@ -187,6 +212,24 @@ class AppConfig(_Model):
         if self.reports.data_docs_directory:
             return Path(self.reports.data_docs_directory).resolve()
         return self.reports_dir() / "data_docs"
+
+
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return bool(make_url(url).password)
+    except ArgumentError:
+        return False  # not a URL at all: the database resource says so, naming the database
+
+
+def _database_url(which: str, section: str, db: _DatabaseConfig, default: Path) -> str:
+    from resources.database import resolve_url
+
+    if db.url_env:
+        return resolve_url(which, None, db.url_env, section)
+    return db.url or f"sqlite:///{default}"
 
 
 def _check_tz(value: str) -> str:

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
+from resources.database import DatabaseError, create_engine, describe, guarded, resolve_url
+
 # The canonical columns of one leave (DESIGN.md); a custom SELECT must return these.
 CANONICAL_COLUMNS: tuple[str, ...] = (
     "leave_id",
@@ -73,23 +75,45 @@ def entity_partition_key(code: str) -> str:
     return _KEY_FORBIDDEN.sub("_", str(code)).strip() or "_blank"
 
 
-class HRExtractError(RuntimeError):
-    """The HR database could not be read (the message says which query and why)."""
+class HRExtractError(DatabaseError):
+    """The HR database could not be read (the message says where, which query and why)."""
+
+    def __init__(self, reason: str, where: str = "") -> None:
+        super().__init__("HR", where, reason)
+
+
+# The default query's tables (the reference schema); another schema is mapped by hr.query.
+_REFERENCE_TABLES = "leaves, employees, legal_entities, leave_types"
 
 
 class HRDatabase(ConfigurableResource):
-    """Read-only access to the HR database (SQLAlchemy URL; the driver is named in it)."""
+    """Read-only access to the HR database (SQLAlchemy URL; the driver is named in it).
 
-    url: str
+    ``url_env`` names the environment variable holding the URL; it is read when the
+    database is first used, so the URL (and its password) never enters Dagster's config.
+    """
+
+    url: str | None = None
+    url_env: str | None = None
     query: str | None = None
 
     _engine: sa.Engine | None = PrivateAttr(default=None)
+    _url: str | None = PrivateAttr(default=None)
     _query_checked: bool = PrivateAttr(default=False)
+
+    def resolved_url(self) -> str:
+        if self._url is None:
+            self._url = resolve_url("HR", self.url, self.url_env, "hr")
+        return self._url
 
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = sa.create_engine(self.url, pool_pre_ping=True)
+            self._engine = create_engine("HR", self.resolved_url())
         return self._engine
+
+    def preflight(self) -> None:
+        """Connect once and read the legal entities: a DatabaseError says what is wrong."""
+        self.legal_entities()
 
     def check_query(self) -> None:
         """Fail early, naming them, when a custom SELECT lacks canonical columns."""
@@ -101,7 +125,8 @@ class HRDatabase(ConfigurableResource):
         missing = [c for c in CANONICAL_COLUMNS if c not in probe.columns]
         if missing:
             raise HRExtractError(
-                "hr.query does not return the canonical columns: missing " + ", ".join(missing)
+                "hr.query does not return the canonical columns: missing " + ", ".join(missing),
+                describe(self.resolved_url()),
             )
         self._query_checked = True
 
@@ -131,7 +156,9 @@ class HRDatabase(ConfigurableResource):
         )
         rows = self._read(stmt, {}, "reading a sample mailbox")
         if rows.empty:
-            raise HRExtractError("the HR database has no employee with an email")
+            raise HRExtractError(
+                "the HR database has no employee with an email", describe(self.resolved_url())
+            )
         return str(rows.iloc[0, 0])
 
     def partition_keys(self) -> list[str]:
@@ -144,7 +171,12 @@ class HRDatabase(ConfigurableResource):
     def extract(self, entity_key: str, date_from: dt.date, date_to: dt.date) -> pd.DataFrame:
         """All leaves starting in [date_from, date_to] of one legal entity partition."""
         codes = self.legal_entities()
-        where = "src.start_date >= :date_from AND src.start_date <= :date_to"
+        # A leave with no start date belongs to no date partition: every run of its legal
+        # entity extracts it, so validation quarantines it with its rule instead of losing it.
+        where = (
+            "((src.start_date >= :date_from AND src.start_date <= :date_to) "
+            "OR src.start_date IS NULL)"
+        )
         params: dict[str, object] = {"date_from": date_from, "date_to": date_to}
         if entity_key == UNASSIGNED:
             stmt = sa.text(
@@ -182,16 +214,25 @@ class HRDatabase(ConfigurableResource):
         return normalise_extract(pd.concat(frames, ignore_index=True))
 
     def _read(self, stmt: sa.TextClause, params: dict[str, object], what: str) -> pd.DataFrame:
+        engine = self.engine()
         try:
-            with self.engine().connect() as conn:
+            with guarded("HR", self.resolved_url(), what), engine.connect() as conn:
                 result = conn.execute(stmt, params)
                 return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-        except sa.exc.SQLAlchemyError as err:
-            detail = str(getattr(err, "orig", None) or err).splitlines()[0]
-            raise HRExtractError(
-                f"HR database ({self.engine().url.render_as_string(hide_password=True)}): "
-                f"{what} failed: {detail}"
-            ) from err
+        except DatabaseError as err:
+            if not self.query and _missing_table(err.reason):
+                reason = f"{err.reason} (the default query reads the tables {_REFERENCE_TABLES}; map another schema with hr.query)"
+                raise HRExtractError(reason, err.where) from None
+            raise HRExtractError(err.reason, err.where) from None
+
+
+def _missing_table(reason: str) -> bool:
+    low = reason.lower()
+    return (
+        "no such table" in low
+        or ("relation" in low and "does not exist" in low)
+        or ("table" in low and "doesn't exist" in low)
+    )
 
 
 _TIME_TEXT = r"^\d{2}:\d{2}:\d{2}"

@@ -44,10 +44,14 @@ class Pipeline:
     """extract → plan → apply for a list of scopes, against real databases and targets."""
 
     def __init__(self, cfg: AppConfig) -> None:
+        from pipelines.definitions import build_resources
+
         self.cfg = cfg
-        self.hr = HRDatabase(url=cfg.hr_url(), query=cfg.hr.query)
-        self.state = StateStore(url=cfg.state_url())
-        self.settings = LeavesyncSettings(config_json=cfg.model_dump_json())
+        # The very resources the Dagster jobs get (a url_env is read when first used).
+        resources = build_resources(cfg)
+        self.hr: HRDatabase = resources["hr"]
+        self.state: StateStore = resources["state"]
+        self.settings: LeavesyncSettings = resources["settings"]
 
     def plan(self, scopes: list[EntityScope], allow_mass_delete: bool = False) -> LeaveDiff:
         leaves = extract_scope(self.hr, scopes)

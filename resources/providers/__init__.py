@@ -11,8 +11,9 @@ from resources.providers.base import CalendarProvider
 PROVIDER_TYPES: dict[str, str] = {
     "ics": "resources.providers.ics:IcsProvider",
     "google": "resources.providers.google.provider:GoogleCalendarProvider",
-    "microsoft_graph": "resources.providers.graph:GraphCalendarProvider",
+    "microsoft_graph": "resources.providers.graph.provider:GraphCalendarProvider",
     "ews": "resources.providers.ews:EwsCalendarProvider",
+    "caldav": "resources.providers.caldav:CalDavProvider",
 }
 
 

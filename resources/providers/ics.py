@@ -8,25 +8,31 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
-from icalendar import Calendar, Event
+from icalendar import Calendar
 
 from resources.providers.base import (
     CalendarProvider,
     ChangeResult,
     CheckReport,
     EventChange,
-    EventPayload,
     ProviderSettings,
     RemoteEvent,
 )
+from resources.providers.ical import (
+    BUSY_PROP,
+    KEY_PROP,
+    LEAVE_PROP,
+    TZ_PROP,
+    new_calendar,
+    payload_of,
+    uid_for,
+    vevent,
+    vtimezone,
+)
 
-KEY_PROP = "X-LEAVESYNC-KEY"
-LEAVE_PROP = "X-LEAVESYNC-LEAVE-ID"
-TZ_PROP = "X-LEAVESYNC-TZ"
-# Outlook's busy status property: the one way a feed can say "out of office".
-BUSY_PROP = "X-MICROSOFT-CDO-BUSYSTATUS"
+__all__ = ["BUSY_PROP", "KEY_PROP", "LEAVE_PROP", "TZ_PROP", "IcsProvider", "feed_file_name"]
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
 
 
@@ -38,10 +44,6 @@ class IcsSettings(ProviderSettings):
 def feed_file_name(calendar: str) -> str:
     """The feed's file name for a mailbox (safe on every file system)."""
     return _UNSAFE.sub("_", calendar.lower()) + ".ics"
-
-
-def uid_for(event_key: str) -> str:
-    return f"{event_key}@leavesync"
 
 
 class IcsProvider(CalendarProvider):
@@ -79,6 +81,7 @@ class IcsProvider(CalendarProvider):
                 )
             return
         ours = {str(c.get("UID")): c for c in feed.walk("VEVENT") if c.get(KEY_PROP)}
+        zones = [str(c.get(TZ_PROP)) for c in ours.values() if c.get(TZ_PROP)]
         outcomes: list[tuple[EventChange, str | None, str | None]] = []
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         dirty = False
@@ -93,8 +96,9 @@ class IcsProvider(CalendarProvider):
                 outcomes.append((change, None, None))
                 continue
             assert change.event is not None, "create/update needs the event"
+            zones.append(change.event.timezone)
             sequence = int(existing.get("SEQUENCE", 0)) + 1 if existing is not None else 0
-            event = _vevent(change.event, uid, sequence, now)
+            event = vevent(change.event, uid, sequence, now)
             if existing is not None:
                 feed.subcomponents[feed.subcomponents.index(existing)] = event
             else:
@@ -103,6 +107,7 @@ class IcsProvider(CalendarProvider):
             dirty = True
             outcomes.append((change, uid, str(sequence)))
         if dirty:
+            _keep_valid(feed, zones)
             try:
                 _write_atomically(path, feed.to_ical())
             except OSError as err:
@@ -113,13 +118,7 @@ class IcsProvider(CalendarProvider):
             yield ChangeResult(change, ok=True, provider_event_id=uid, version=version)
 
     def _new_calendar(self, calendar: str) -> Calendar:
-        cal = Calendar()
-        cal.add("prodid", "-//leavesync//leave feed//EN")
-        cal.add("version", "2.0")
-        cal.add("calscale", "GREGORIAN")
-        cal.add("method", "PUBLISH")
-        cal.add("x-wr-calname", f"{self.settings.calendar_name} ({calendar})")
-        return cal
+        return new_calendar("PUBLISH", x_wr_calname=f"{self.settings.calendar_name} ({calendar})")
 
     def check(self, sample_calendar: str) -> CheckReport:
         report = CheckReport(self.target_name)
@@ -153,7 +152,7 @@ class IcsProvider(CalendarProvider):
                 key = comp.get(KEY_PROP)
                 if not key:
                     continue
-                payload = _payload(comp)
+                payload = payload_of(comp)
                 if payload.end_date_exclusive() < start or payload.start_date() >= end:
                     continue
                 yield RemoteEvent(
@@ -184,56 +183,17 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _vevent(p: EventPayload, uid: str, sequence: int, now: dt.datetime) -> Event:
-    ev = Event()
-    ev.add("uid", uid)
-    ev.add("dtstamp", now)
-    ev.add("sequence", sequence)
-    ev.add("summary", p.title)
-    if p.all_day:
-        ev.add("dtstart", p.start_date())
-        ev.add("dtend", p.end_date_exclusive())
-    else:
-        ev.add("dtstart", p.start_datetime().astimezone(dt.UTC))
-        ev.add("dtend", p.end_datetime().astimezone(dt.UTC))
-    ev.add("status", p.status.upper())
-    ev.add("transp", "TRANSPARENT" if p.show_as == "free" else "OPAQUE")
-    ev.add("class", "PRIVATE" if p.private else "PUBLIC")
-    ev.add(BUSY_PROP, p.show_as.upper())
-    if p.description:
-        ev.add("description", p.description)
-    if p.categories:
-        ev.add("categories", [c.strip() for c in p.categories.split(",") if c.strip()])
-    ev.add(KEY_PROP, p.event_key)
-    ev.add(LEAVE_PROP, p.leave_id)
-    ev.add(TZ_PROP, p.timezone)
-    return ev
+def _keep_valid(feed: Calendar, zones: list[str]) -> None:
+    """A feed holds one component or more (RFC 5545 3.6): an empty one keeps a VTIMEZONE.
 
-
-def _payload(comp: Event) -> EventPayload:
-    """A feed's event back in provider-neutral form."""
-    tz = str(comp.get(TZ_PROP) or "UTC")
-    start, end = comp.decoded("DTSTART"), comp.decoded("DTEND")
-    all_day = not isinstance(start, dt.datetime)
-    if all_day:
-        start_text, end_text = start.isoformat(), end.isoformat()
-    else:
-        zone = ZoneInfo(tz)
-        start_text = start.astimezone(zone).replace(tzinfo=None).isoformat()
-        end_text = end.astimezone(zone).replace(tzinfo=None).isoformat()
-    cats = comp.get("CATEGORIES")
-    categories = ",".join(str(c) for c in cats.cats) if cats is not None else ""
-    return EventPayload(
-        event_key=str(comp.get(KEY_PROP)),
-        leave_id=str(comp.get(LEAVE_PROP, "")),
-        title=str(comp.get("SUMMARY", "")),
-        all_day=all_day,
-        start=start_text,
-        end=end_text,
-        timezone=tz,
-        status=str(comp.get("STATUS", "CONFIRMED")).lower(),  # type: ignore[arg-type]
-        show_as=str(comp.get(BUSY_PROP, "BUSY")).lower(),  # type: ignore[arg-type]
-        private=str(comp.get("CLASS", "PUBLIC")).upper() == "PRIVATE",
-        description=str(comp.get("DESCRIPTION", "")),
-        categories=categories,
-    )
+    Strict parsers (sabre/vobject, which Nextcloud and Baikal use) reject a VCALENDAR with no
+    component; the zone of the events the feed held keeps it valid without inventing an event.
+    Timed events are written in UTC, so a feed with events needs no VTIMEZONE at all.
+    """
+    has_event = any(c.name == "VEVENT" for c in feed.subcomponents)
+    timezones = [c for c in feed.subcomponents if c.name == "VTIMEZONE"]
+    if has_event:
+        for tz in timezones:
+            feed.subcomponents.remove(tz)
+    elif not timezones:
+        feed.add_component(vtimezone(zones[-1] if zones else "UTC"))

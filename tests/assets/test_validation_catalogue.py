@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 from icalendar import Calendar
 
-from assets.gx_suite import SuiteResult
 from assets.validation import (
+    DATE_MISSING,
     DATE_OUT_OF_RANGE,
     DUPLICATE_LEAVE_ID,
     EMAIL_MALFORMED,
@@ -33,6 +33,7 @@ from assets.validation import (
     STATUS_UNKNOWN,
     TEXT_TOO_LONG,
     TIMEZONE_INVALID,
+    WORKDAY_HOURS_INVALID,
     BlastRadius,
 )
 from pipelines.demo import leaves as leaves_table
@@ -115,6 +116,44 @@ def email_with_space(hr):
 def email_of_10000_chars(hr):
     hr.employee(2, email="a" * 9988 + "@example.com")
     return hr.leave(2, DAY), {TEXT_TOO_LONG}
+
+
+def email_climbing_out_of_the_feed_folder(hr):
+    hr.employee(2, email="../../x/pwned@example.com")
+    return hr.leave(2, DAY), {EMAIL_MALFORMED}
+
+
+def email_of_two_dots(hr):
+    hr.employee(2, email="..@example.com")
+    return hr.leave(2, DAY), {EMAIL_MALFORMED}
+
+
+def email_with_a_nul_byte(hr):
+    hr.employee(2, email="ann\x00smith@example.com")
+    return hr.leave(2, DAY), {EMAIL_MALFORMED}
+
+
+def email_with_two_ats(hr):
+    hr.employee(2, email="ann@smith@example.com")
+    return hr.leave(2, DAY), {EMAIL_MALFORMED}
+
+
+def null_start_date(hr):
+    hr.employee(2)
+    return hr.leave(2, None, DAY), {DATE_MISSING}
+
+
+def null_end_date(hr):
+    hr.employee(2)
+    lid = hr.leave(2, DAY)
+    hr.update_leave(lid, end_date=None)
+    return lid, {DATE_MISSING}
+
+
+def midday_after_workday_end(hr):
+    hr.entity("ZZ", "Europe/Berlin", (9, 0), (13, 0), (12, 0))
+    hr.employee(2, entity="ZZ")
+    return hr.leave(2, DAY), {WORKDAY_HOURS_INVALID}
 
 
 def unknown_employee(hr):
@@ -200,6 +239,13 @@ ROW_CASES = [
     email_without_at,
     email_with_space,
     email_of_10000_chars,
+    email_climbing_out_of_the_feed_folder,
+    email_of_two_dots,
+    email_with_a_nul_byte,
+    email_with_two_ats,
+    null_start_date,
+    null_end_date,
+    midday_after_workday_end,
     unknown_employee,
     unknown_legal_entity,
     unknown_leave_type,
@@ -225,7 +271,8 @@ def test_bad_row_is_quarantined_with_its_rule_and_the_good_row_is_synced(
     hr.employee(1, email="ann@example.com")
     good = hr.leave(1, DAY)
     bad, rules = case(hr)
-    entities = (*ENTITIES, "MARS") if case is invalid_time_zone else ENTITIES
+    extra = {invalid_time_zone: ("MARS",), midday_after_workday_end: ("ZZ",)}.get(case, ())
+    entities = (*ENTITIES, *extra)
 
     result, outcome = pipeline.sync(scopes(entities=entities))
 
@@ -368,38 +415,75 @@ def test_cancelled_leave_and_opted_out_employee_lose_their_events(home, hr, pipe
     assert all_keys(home) == {f"leave-{kept}"}
 
 
-# --- the GX suite: a diff that is wrong as a whole is refused ------------------------------
+# --- legal-entity settings: checked at the extract, the entity's leaves quarantined -------
 
 
-def test_workday_hours_that_make_an_event_end_before_it_starts_are_refused_by_gx(
+def test_workday_hours_out_of_order_quarantine_that_entitys_leaves_with_the_reason(
     home, hr, pipeline
 ):
     hr.entity("ZZ", "Europe/Berlin", (9, 0), (13, 0), (12, 0))  # midday after workday end
     hr.employee(1)
     hr.employee(2, entity="ZZ", email="zed@example.com")
-    hr.leave(1, DAY)
+    good = hr.leave(1, DAY)
     half = hr.leave(2, DAY, start_half="PM")
+    whole = hr.leave(2, day(2))
 
     result, outcome = pipeline.sync(scopes(entities=(*ENTITIES, "ZZ")))
 
-    assert outcome is None and all_keys(home) == set()
-    assert result.refused and errors_of(result) == set()
-    (suite,) = [r for r in result.refusals if isinstance(r, SuiteResult)]
-    assert [(o.rule, o.event_keys, o.legal_entities) for o in suite.failures] == [
-        ("dates_ordered", (f"leave-{half}",), ("ZZ",))
-    ]
-    assert "dates_ordered" in suite.message() and "cannot be overridden" in suite.message()
-    assert suite.docs_url and Path(suite.docs_url.removeprefix("file://")).is_file()
+    assert not result.refused and outcome is not None and outcome.failed == []
+    assert errors_of(result) == {
+        (str(half), WORKDAY_HOURS_INVALID),
+        (str(whole), WORKDAY_HOURS_INVALID),
+    }
+    (message,) = set(result.quarantine["message"])
+    assert "legal entity ZZ has start 09:00:00, midday 13:00:00, end 12:00:00" in message
+    assert all_keys(home) == {f"leave-{good}"}
+    summary = result.summary().set_index("legal_entity")
+    assert summary.loc["ZZ", "quarantined"] == 2 and summary.loc["FR", "create"] == 1
 
 
-def test_gx_refusal_is_not_lifted_by_allow_mass_delete(home, hr, pipeline):
-    hr.entity("ZZ", "Europe/Berlin", (9, 0), (13, 0), (12, 0))
-    hr.employee(2, entity="ZZ", email="zed@example.com")
-    hr.leave(2, DAY, start_half="PM")
+def test_time_zone_unknown_quarantines_the_entitys_leaves_naming_the_zone(home, hr, pipeline):
+    hr.entity("MARS", "Mars/Olympus_Mons")
+    hr.employee(1)
+    hr.employee(2, entity="MARS")
+    good = hr.leave(1, DAY)
+    bad = hr.leave(2, DAY)
 
-    result, outcome = pipeline.sync(scopes(entities=("ZZ",)), allow_mass_delete=True)
+    result, _ = pipeline.sync(scopes(entities=(*ENTITIES, "MARS")))
 
-    assert result.refused and outcome is None and result.overridden == []
+    assert errors_of(result) == {(str(bad), TIMEZONE_INVALID)}
+    assert "'Mars/Olympus_Mons'" in result.quarantine.iloc[0]["message"]
+    assert all_keys(home) == {f"leave-{good}"}
+
+
+def test_malformed_email_says_what_is_wrong_with_it(home, hr, pipeline):
+    hr.employee(1, email="../../x/pwned@example.com")
+    lid = hr.leave(1, DAY)
+
+    result, _ = pipeline.sync(scopes())
+
+    (row,) = result.quarantine.itertuples()
+    assert (row.leave_id, row.rule, row.employee_email) == (
+        str(lid),
+        EMAIL_MALFORMED,
+        "../../x/pwned@example.com",
+    )
+    assert "cannot start with a period" in row.message
+    assert not (home / "feeds").exists() or not any((home / "feeds").iterdir())
+
+
+def test_a_leave_without_start_date_is_extracted_by_every_range_and_quarantined(home, hr):
+    hr.employee(1)
+    lid = hr.leave(1, None, DAY)
+    far = dt.date(2030, 1, 1)
+    pipeline = Pipeline(make_config(home, hr.url))
+
+    result, _ = pipeline.sync([scope("FR", far, far + dt.timedelta(days=3))])
+
+    assert errors_of(result) == {(str(lid), DATE_MISSING)}
+    stored = result.quarantine.iloc[0]
+    assert stored["message"] == "the start or end date is missing (NULL)"
+    assert result.summary().set_index("legal_entity").loc["FR", "quarantined"] == 1
 
 
 # --- blast radius: refused, nothing deleted, and how to override ----------------------------
@@ -606,9 +690,24 @@ def test_cli_empty_extract_against_full_snapshot_is_blocked_and_says_why(home, h
     assert safety.metadata["by_partition"].value["FR"].startswith("refused: the HR extract")
 
 
-def test_dagster_gx_failure_blocks_calendar_sync_and_links_data_docs(home, hr):
+def without_workday_rule(monkeypatch) -> None:
+    """Row rules that miss bad workday hours: the GX suite on the diff is the net behind them."""
+    import assets.validation as validation
+
+    original = validation.rule_violations
+
+    def missing_one_rule(*args, **kwargs):
+        masks = original(*args, **kwargs)
+        masks[WORKDAY_HOURS_INVALID] = masks[WORKDAY_HOURS_INVALID] & False
+        return masks
+
+    monkeypatch.setattr(validation, "rule_violations", missing_one_rule)
+
+
+def test_dagster_gx_failure_blocks_calendar_sync_and_links_data_docs(home, hr, monkeypatch):
     from pipelines.runner import reconcile
 
+    without_workday_rule(monkeypatch)
     hr.entity("ZZ", "Europe/Berlin", (9, 0), (13, 0), (12, 0))
     hr.employee(1, entity="ZZ")
     half = hr.leave(1, DAY, start_half="PM")

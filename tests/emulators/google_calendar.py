@@ -36,8 +36,24 @@ SCOPE_READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 WRITE_SCOPES = {SCOPE_CALENDAR, SCOPE_EVENTS}
 READ_SCOPES = WRITE_SCOPES | {SCOPE_READONLY, SCOPE_EVENTS + ".readonly"}
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
-MAX_BATCH = 50
+# "You're limited to 1000 calls in a single batch request" (Send batch requests). Our
+# client sends at most 50 (DESIGN.md); stats["max_batch_parts"] shows what it sent.
+MAX_BATCH = 1000
 _EVENT_ID = re.compile(r"^[a-v0-9]{5,1024}$")
+_LIST_PATH = re.compile(r"/calendar/v3/calendars/[^/]+/events")
+MAX_PAGE = 2500  # "The page size can never be larger than 2500 events" (Events: list)
+# Extended properties: keys over 44 characters are silently dropped, values over 1024
+# silently truncated; at most 300 properties and 32 kB per event (Extended properties).
+MAX_PROPERTY_KEY, MAX_PROPERTY_VALUE, MAX_PROPERTIES, MAX_PROPERTY_BYTES = 44, 1024, 300, 32_768
+MAX_REMINDER_OVERRIDES = 5  # Events resource, reminders.overrides
+MAX_ASSERTION_SECONDS = 3600  # a JWT assertion lives at most one hour (OAuth server to server)
+EVENT_TYPES = {"default", "outOfOffice", "focusTime", "workingLocation", "birthday", "fromGmail"}
+_ENUMS = {
+    "status": {"confirmed", "tentative", "cancelled"},
+    "visibility": {"default", "public", "private", "confidential"},
+    "transparency": {"opaque", "transparent"},
+}
+SEND_UPDATES = {"all", "externalOnly", "none"}
 # Faults an injected failure can be: an error status, a dropped connection before or after
 # the request took effect (the latter is a lost response), or a slow response.
 FAULT_KINDS = ("429", "403rate", "500", "503", "drop_before", "drop_after", "slow")
@@ -91,13 +107,24 @@ _REASONS = {
 }
 
 
+_DOMAINS = {
+    "userRateLimitExceeded": "usageLimits",
+    "rateLimitExceeded": "usageLimits",
+    "quotaExceeded": "usageLimits",
+    "dailyLimitExceeded": "usageLimits",
+    "timeRangeEmpty": "calendar",
+    "eventTypeRestriction": "calendar",
+}
+
+
 def api_error(status: int, reason: str, message: str) -> _Reply:
-    """An error in the Calendar API's JSON error format."""
+    """An error in the Calendar API's JSON error format (Handle API errors)."""
+    domain = _DOMAINS.get(reason, "global")
     return _Reply(
         status,
         {
             "error": {
-                "errors": [{"domain": "global", "reason": reason, "message": message}],
+                "errors": [{"domain": domain, "reason": reason, "message": message}],
                 "code": status,
                 "message": message,
             }
@@ -123,6 +150,15 @@ class GoogleCalendarEmulator:
         self.service_account_email = service_account_email
         self.public_key = public_key
         self.users = set(users)
+        # alias address -> the user whose mailbox it reaches (a rename keeps the old one).
+        self.aliases: dict[str, str] = {}
+        # Google may return fewer events than maxResults, "or none at all" (Events: list).
+        self.max_page_size = MAX_PAGE
+        # "Deleted events are only guaranteed to have the id field populated" (Events,
+        # status); on the organizer's calendar they keep their details. False: strip them.
+        self.keep_deleted_details = True
+        # Event ids a list does not show yet (a listing behind the latest writes).
+        self.hidden_from_list: set[str] = set()
         self.granted_scopes = set(granted_scopes or {SCOPE_EVENTS})
         self.api_enabled = True
         self.calendars: dict[str, dict[str, dict[str, Any]]] = {u: {} for u in self.users}
@@ -135,6 +171,8 @@ class GoogleCalendarEmulator:
         self.fault_kinds: tuple[str, ...] = FAULT_KINDS
         self.slow_seconds = 0.05
         self.rng = random.Random(4)
+        # The parts of a batch run in any order (Send batch requests): shuffled here.
+        self.batch_order_rng = random.Random(7)
         # Scripted faults, consumed in order: ("batch"|"call", kind).
         self.scripted: list[tuple[str, str]] = []
         # user -> number of next calls answered 403 quotaExceeded (usage limits).
@@ -196,6 +234,7 @@ class GoogleCalendarEmulator:
     def events(self, user: str, include_cancelled: bool = False) -> list[dict[str, Any]]:
         """A copy of the events in a user's primary calendar."""
         with self.lock:
+            user = self.aliases.get(user, user)
             return [
                 copy.deepcopy(e)
                 for e in self.calendars.get(user, {}).values()
@@ -237,10 +276,17 @@ class GoogleCalendarEmulator:
             return self._token_error(400, "invalid_grant", f"Invalid JWT: {exc}")
         if claims.get("iss") != self.service_account_email:
             return self._token_error(401, "invalid_client", "The OAuth client was not found.")
+        if int(claims["exp"]) - int(claims["iat"]) > MAX_ASSERTION_SECONDS:
+            return self._token_error(
+                400,
+                "invalid_grant",
+                "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
+                "reasonable timeframe.",
+            )
         scopes = frozenset(str(claims.get("scope", "")).split())
         if not scopes:
             return self._token_error(400, "invalid_scope", "Empty or missing scope not allowed.")
-        subject = claims.get("sub")
+        subject = self.aliases.get(claims.get("sub"), claims.get("sub"))
         if subject not in self.users:
             return self._token_error(400, "invalid_grant", "Invalid email or User ID")
         if not scopes <= self.granted_scopes:
@@ -280,8 +326,7 @@ class GoogleCalendarEmulator:
         if fault == "slow":
             time.sleep(self.slow_seconds)  # outside the lock: other calls go on meanwhile
         with self.lock:
-            auth = headers.get("Authorization", "") if headers else ""
-            grant = self.tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
+            grant = self._grant(headers)
             if grant is None:
                 reply = api_error(
                     401, "authError", "Request had invalid authentication credentials."
@@ -332,13 +377,13 @@ class GoogleCalendarEmulator:
         self, method: str, target: str, user: str, scopes: frozenset[str], body: bytes
     ) -> _Reply:
         url = urllib.parse.urlsplit(target)
-        query = urllib.parse.parse_qs(url.query)
+        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         match = re.fullmatch(r"/calendar/v3/calendars/([^/]+)/events(?:/([^/]+))?", url.path)
         if match is None:
             return api_error(404, "notFound", "Not Found")
         calendar_id = urllib.parse.unquote(match.group(1))
         event_id = urllib.parse.unquote(match.group(2)) if match.group(2) else None
-        if calendar_id not in ("primary", user):
+        if calendar_id != "primary" and self.aliases.get(calendar_id, calendar_id) != user:
             return api_error(404, "notFound", "Not Found")
         needed = READ_SCOPES if method == "GET" else WRITE_SCOPES
         if not scopes & needed:
@@ -347,8 +392,11 @@ class GoogleCalendarEmulator:
             )
         if method != "GET":
             self.stats[f"{method.lower()}_requests"] += 1
-            if query.get("sendUpdates") != ["none"]:
+            send_updates = query.get("sendUpdates")
+            if send_updates != ["none"]:
                 self.stats["writes_without_send_updates_none"] += 1
+            if send_updates and send_updates[0] not in SEND_UPDATES:
+                return api_error(400, "invalid", "Invalid value for: sendUpdates")
         calendar = self.calendars.setdefault(user, {})
         try:
             payload = json.loads(body) if body else {}
@@ -362,7 +410,9 @@ class GoogleCalendarEmulator:
             return api_error(404, "notFound", "Not Found")
         event = calendar.get(event_id)
         if method == "GET":
-            return _Reply(200, copy.deepcopy(event)) if event else _not_found()
+            self.stats["get_requests"] += 1
+            # get "always returns" cancelled events too (Events resource, status).
+            return _Reply(200, self._shown(event)) if event else _not_found()
         if method == "DELETE":
             if event is None:
                 return _not_found()
@@ -375,19 +425,32 @@ class GoogleCalendarEmulator:
         if method in ("PUT", "PATCH"):
             if event is None:
                 return _not_found()
-            merged = dict(event, **payload) if method == "PATCH" else dict(payload)
+            if method == "PATCH":
+                merged = dict(event, **payload)
+            else:
+                merged = dict(payload)
+                # "If unset, 'default' type will be used" (Event types): a full update
+                # without eventType asks for a default event.
+                merged.setdefault("eventType", "default")
+                if "start" not in merged or "end" not in merged:
+                    return api_error(400, "required", "Missing time.")
             if merged.get("eventType", "default") != event.get("eventType", "default"):
-                return api_error(400, "eventTypeRestriction", "The event type cannot be changed.")
+                self.stats["event_type_change_refused"] += 1
+                return api_error(400, "eventTypeRestriction", "Event type cannot be changed.")
             problem = _validate(merged, calendar_id)
             if problem:
-                return api_error(400, "invalid", problem)
-            for kept in ("id", "created", "iCalUID", "kind", "htmlLink", "organizer"):
+                return problem
+            for kept in ("id", "created", "iCalUID", "kind", "htmlLink", "organizer", "creator"):
                 merged[kept] = event[kept]
+            # An update restores a deleted event: on the organizer's calendar cancelled
+            # events keep their details "so that they can be restored" (Events, status).
             merged.setdefault("status", "confirmed")
+            if event["status"] == "cancelled" and merged["status"] != "cancelled":
+                self.stats["events_restored"] += 1
             merged["sequence"] = event.get("sequence", 0) + 1
             merged["etag"] = self._etag()
             merged["updated"] = _now()
-            calendar[event_id] = _normalise_times(merged)
+            calendar[event_id] = _normalise_times(_store_properties(merged))
             return _Reply(200, copy.deepcopy(calendar[event_id]))
         return api_error(405, "methodNotAllowed", "Method Not Allowed")
 
@@ -398,11 +461,17 @@ class GoogleCalendarEmulator:
         if event_id is not None and not _EVENT_ID.fullmatch(str(event_id)):
             return api_error(400, "invalid", "Invalid resource id value.")
         if event_id in calendar:
+            # A deleted event keeps its id: inserting it again is a duplicate too.
+            self.stats["insert_conflicts"] += 1
             return api_error(409, "duplicate", "The requested identifier already exists.")
+        if "start" not in payload or "end" not in payload:
+            return api_error(400, "required", "Missing time.")
+        if payload.get("eventType") == "fromGmail":
+            return api_error(400, "eventTypeRestriction", "Events from Gmail cannot be created.")
         problem = _validate(payload, calendar_id)
         if problem:
-            return api_error(400, "invalid", problem)
-        stored = self._new_event(user, payload)
+            return problem
+        stored = self._new_event(user, _store_properties(payload))
         calendar[stored["id"]] = stored
         self.stats["events_created"] += 1
         return _Reply(200, copy.deepcopy(stored))
@@ -426,31 +495,60 @@ class GoogleCalendarEmulator:
         return _normalise_times(event)
 
     def _list(self, calendar: dict[str, Any], query: dict[str, list[str]]) -> _Reply:
+        self.stats["list_requests"] += 1
         show_deleted = query.get("showDeleted", ["false"])[0] == "true"
-        wanted = [p.split("=", 1) for p in query.get("privateExtendedProperty", [])]
-        time_min = _instant(query["timeMin"][0]) if "timeMin" in query else None
-        time_max = _instant(query["timeMax"][0]) if "timeMax" in query else None
-        page_size = min(int(query.get("maxResults", ["250"])[0]), 2500)
-        offset = int(query.get("pageToken", ["0"])[0])
+        wanted = []
+        for constraint in query.get("privateExtendedProperty", []):
+            name, equals, value = constraint.partition("=")
+            if not equals or not name:
+                return api_error(400, "invalid", "Invalid extended property constraint.")
+            wanted.append((name, value))
+        types = set(query.get("eventTypes", []))
+        try:
+            time_min = _rfc3339(query["timeMin"][0]) if "timeMin" in query else None
+            time_max = _rfc3339(query["timeMax"][0]) if "timeMax" in query else None
+        except ValueError as exc:
+            return api_error(400, "invalid", f"Bad Request: {exc}")
+        if time_min is not None and time_max is not None and time_max <= time_min:
+            return api_error(400, "timeRangeEmpty", "The specified time range is empty.")
+        try:
+            max_results = int(query.get("maxResults", ["250"])[0])
+            offset = int(query.get("pageToken", ["0"])[0] or "x")
+        except ValueError:
+            return api_error(400, "invalid", "Invalid value for: maxResults or pageToken")
+        if max_results < 1:
+            return api_error(400, "invalid", "Invalid value for: maxResults")
+        page_size = min(max_results, MAX_PAGE, self.max_page_size)
         matches = []
-        for event in sorted(calendar.values(), key=lambda e: e["id"]):
-            if event["status"] == "cancelled" and not show_deleted:
+        for stored in sorted(calendar.values(), key=lambda e: e["id"]):
+            if stored["status"] == "cancelled" and not show_deleted:
                 continue
-            private = event.get("extendedProperties", {}).get("private", {})
-            if any(private.get(k) != v for k, v in wanted):
+            if stored["id"] in self.hidden_from_list:
+                continue
+            event = self._shown(stored)
+            if types and event.get("eventType", "default") not in types:
+                continue
+            private = (event.get("extendedProperties") or {}).get("private") or {}
+            # Repeated constraints are OR'ed (Extended properties guide); the Events: list
+            # reference says AND. A client that relies on either is wrong somewhere.
+            if wanted and not any(private.get(k) == v for k, v in wanted):
                 continue
             start, end = _event_instant(event["start"]), _event_instant(event["end"])
             if time_min is not None and end <= time_min:
                 continue
             if time_max is not None and start >= time_max:
                 continue
-            matches.append(copy.deepcopy(event))
+            matches.append(event)
         page = matches[offset : offset + page_size]
         body: dict[str, Any] = {"kind": "calendar#events", "items": page}
         if offset + page_size < len(matches):
             body["nextPageToken"] = str(offset + page_size)
-        self.stats["list_requests"] += 1
         return _Reply(200, body)
+
+    def _shown(self, event: dict[str, Any]) -> dict[str, Any]:
+        if event["status"] == "cancelled" and not self.keep_deleted_details:
+            return {k: event[k] for k in ("kind", "id", "etag", "status", "start", "end")}
+        return copy.deepcopy(event)
 
     def _etag(self) -> str:
         return f'"{next(self._etags)}"'
@@ -458,9 +556,12 @@ class GoogleCalendarEmulator:
     # -- batch -----------------------------------------------------------------------------
 
     def _batch(self, headers: Any, body: bytes) -> tuple[_Reply, bytes | None]:
-        """Run a multipart/mixed batch; returns the reply and the raw multipart body."""
-        self.stats["batch_requests"] += 1
+        """Run a multipart/mixed batch (Send batch requests); the reply and its raw body."""
+        with self.lock:
+            self.stats["batch_requests"] += 1
         content_type = headers.get("Content-Type", "")
+        if not content_type.lower().startswith("multipart/mixed"):
+            return api_error(400, "badRequest", "A batch request must be multipart/mixed."), None
         message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
             f"Content-Type: {content_type}\r\n\r\n".encode() + body
         )
@@ -469,26 +570,59 @@ class GoogleCalendarEmulator:
         parts = message.get_payload()
         if len(parts) > MAX_BATCH:
             return api_error(400, "badRequest", f"A batch holds at most {MAX_BATCH} calls."), None
-        boundary = "batch_" + uuid.uuid4().hex
-        out = []
+        calls = []
         for part in parts:
+            # "Each part begins with its own Content-Type: application/http HTTP header."
+            if part.get_content_type() != "application/http":
+                return api_error(400, "badRequest", "Each part must be application/http."), None
             inner = part.get_payload(decode=False)
             request_line, _, rest = inner.partition("\n")
-            method, target, _version = request_line.strip().split(" ", 2)
+            try:
+                method, target, _version = request_line.strip().split(" ", 2)
+            except ValueError:
+                return api_error(400, "badRequest", "Malformed request line in a part."), None
+            # "The HTTP request must only contain the path portion of the URL."
+            if not target.startswith("/") or urllib.parse.urlsplit(target).netloc:
+                return api_error(400, "badRequest", "Full URLs are not allowed in a batch."), None
+            # "All the inner requests must go to the same Google API."
+            if not target.startswith("/calendar/v3/"):
+                return api_error(400, "badRequest", "Every call must go to calendar v3."), None
             head, _, inner_body = rest.replace("\r\n", "\n").partition("\n\n")
             inner_headers = email.parser.Parser().parsestr(head + "\n\n", headersonly=True)
+            calls.append((part.get("Content-ID"), method, target, inner_headers, inner_body))
+        users = {
+            grant[0]
+            for *_, inner_headers, _ in calls
+            if (grant := self._grant(_MergedHeaders(inner_headers, headers))) is not None
+        }
+        lists = sum(
+            method == "GET" and _LIST_PATH.fullmatch(urllib.parse.urlsplit(target).path) is not None
+            for _, method, target, _, _ in calls
+        )
+        with self.lock:
+            if lists == len(calls):
+                self.stats["list_only_batches"] += 1  # look-ups before creates
+            self.stats["batch_parts"] += len(calls)
+            self.stats["max_batch_parts"] = max(self.stats["max_batch_parts"], len(calls))
+            if len(users) > 1:
+                self.stats["multi_user_batches"] += 1
+            order = list(range(len(calls)))
+            self.batch_order_rng.shuffle(order)
+        replies: dict[int, _Reply] = {}
+        for index in order:
+            _, method, target, inner_headers, inner_body = calls[index]
             merged = _MergedHeaders(inner_headers, headers)
-            reply = self._call(method, target, merged, inner_body.encode("utf-8"), True)
-            content_id = part.get("Content-ID", "<0>")
+            replies[index] = self._call(method, target, merged, inner_body.encode("utf-8"), True)
+        boundary = "batch_" + uuid.uuid4().hex
+        out = []
+        for index, (content_id, *_rest) in enumerate(calls):
+            reply = replies[index]
             payload = reply.encoded().decode("utf-8")
             reason = _REASONS.get(reply.status, "Error")
-            lines = [
-                f"--{boundary}",
-                "Content-Type: application/http",
-                f"Content-ID: <response-{content_id.strip()[1:-1]}>",
-                "",
-                f"HTTP/1.1 {reply.status} {reason}",
-            ]
+            lines = [f"--{boundary}", "Content-Type: application/http"]
+            if content_id:
+                lines.append(f"Content-ID: <response-{content_id.strip().strip('<>')}>")
+            lines.extend(["", f"HTTP/1.1 {reply.status} {reason}"])
             if reply.body is not None:
                 lines.append("Content-Type: application/json; charset=UTF-8")
             lines.extend(f"{k}: {v}" for k, v in reply.headers.items())
@@ -496,6 +630,10 @@ class GoogleCalendarEmulator:
             out.append("\r\n".join(lines))
         raw = ("\r\n".join(out) + f"\r\n--{boundary}--\r\n").encode("utf-8")
         return _Reply(200, None, {"Content-Type": f"multipart/mixed; boundary={boundary}"}), raw
+
+    def _grant(self, headers: Any) -> tuple[str, frozenset[str]] | None:
+        auth = headers.get("Authorization", "") if headers else ""
+        return self.tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
 
 
 class _MergedHeaders:
@@ -529,25 +667,98 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _validate(event: dict[str, Any], calendar_id: str) -> str | None:
+def _validate(event: dict[str, Any], calendar_id: str) -> _Reply | None:
+    """The Events resource's rules for an event being written; an error reply, or None."""
     start, end = event.get("start"), event.get("end")
     if not start or not end:
-        return "Missing time."
+        return api_error(400, "required", "Missing time.")
     if ("date" in start) != ("date" in end):
-        return "Start and end times must either both be date or both be dateTime."
+        return api_error(
+            400, "invalid", "Start and end times must either both be date or both be dateTime."
+        )
+    for name, when in (("start", start), ("end", end)):
+        zone = when.get("timeZone")
+        if zone is not None and not _is_zone(zone):
+            return api_error(400, "invalid", f"Invalid time zone definition for {name} time.")
+        if "dateTime" in when and zone is None and not _has_offset(when["dateTime"]):
+            # "A time zone offset is required unless a time zone is explicitly specified."
+            return api_error(400, "invalid", f"Missing time zone definition for {name} time.")
     try:
         if _event_instant(end) <= _event_instant(start):
-            return "The specified time range is empty."
+            return api_error(400, "timeRangeEmpty", "The specified time range is empty.")
     except (KeyError, ValueError):
-        return "Invalid start or end time."
-    if event.get("eventType") == "outOfOffice":
-        if "date" in start:
-            return "An out of office event cannot be an all-day event."
+        return api_error(400, "invalid", "Invalid start or end time.")
+    for field_name, allowed in _ENUMS.items():
+        if field_name in event and event[field_name] not in allowed:
+            return api_error(400, "invalid", f"Invalid value for: {field_name}")
+    event_type = event.get("eventType", "default")
+    if event_type not in EVENT_TYPES:
+        return api_error(400, "invalid", "Invalid value for: eventType")
+    if event_type == "outOfOffice":
+        # Manage focus time, out of office, and working location events.
         if calendar_id != "primary":
-            return "Out of office events can only be created on the primary calendar."
+            return api_error(
+                400, "eventTypeRestriction", "Secondary calendars can't have status events."
+            )
+        if "date" in start:
+            return api_error(
+                400, "eventTypeRestriction", "Out of office events cannot be all-day events."
+            )
+        if "outOfOfficeProperties" not in event:
+            return api_error(400, "required", "outOfOfficeProperties is required.")
+        if event.get("transparency", "opaque") != "opaque":
+            return api_error(400, "invalid", "Out of office events must be opaque.")
+    reminders = (event.get("reminders") or {}).get("overrides") or []
+    if len(reminders) > MAX_REMINDER_OVERRIDES:
+        return api_error(400, "invalid", "The maximum number of override reminders is 5.")
+    properties = event.get("extendedProperties") or {}
+    pairs = [
+        (k, v) for kind in ("private", "shared") for k, v in (properties.get(kind) or {}).items()
+    ]
+    size = sum(len(k) + len(str(v)) for k, v in pairs)
+    if len(pairs) > MAX_PROPERTIES or size > MAX_PROPERTY_BYTES:
+        return api_error(400, "invalid", "Too many extended properties.")
     if event.get("attendees"):
-        return "This emulator does not take attendees (leavesync never sends any)."
+        return api_error(400, "invalid", "This emulator takes no attendees (leavesync sends none).")
     return None
+
+
+def _store_properties(event: dict[str, Any]) -> dict[str, Any]:
+    """Long keys are silently dropped and long values truncated (Extended properties)."""
+    properties = event.get("extendedProperties")
+    if properties:
+        event["extendedProperties"] = {
+            kind: {
+                k: str(v)[:MAX_PROPERTY_VALUE]
+                for k, v in (values or {}).items()
+                if len(k) <= MAX_PROPERTY_KEY and v is not None
+            }
+            for kind, values in properties.items()
+        }
+    return event
+
+
+def _is_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        return False
+    return True
+
+
+def _has_offset(text: str) -> bool:
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def _rfc3339(text: str) -> dt.datetime:
+    """An RFC3339 timestamp "with mandatory time zone offset" (Events: list, timeMin)."""
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone offset")
+    return value
 
 
 def _instant(text: str) -> dt.datetime:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from resources.providers.ews import KEY_PROPERTY
+from resources.providers.ews.mapping import KEY_PROPERTY
 from tests.emulators.ews import EwsEmulator
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
 from tests.emulators.graph import GraphEmulator

@@ -31,6 +31,11 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 class UserFailed(Exception):
     """Every change of this user fails permanently (user unknown, calendar unreachable)."""
 
+    def __init__(self, message: str, unknown_user: bool = False) -> None:
+        super().__init__(message)
+        # The address is not a user of the domain: nothing of ours can be in its calendar.
+        self.unknown_user = unknown_user
+
 
 class DelegatedCredentials(service_account.Credentials):
     """Service-account credentials whose token refresh always goes through our transport.
@@ -212,7 +217,8 @@ class SignIn:
             )
         if error == "invalid_grant" and "user" in description.lower():
             raise UserFailed(
-                f"{user} is not a user of the Workspace domain (Google: {description})"
+                f"{user} is not a user of the Workspace domain (Google: {description})",
+                unknown_user=True,
             )
         if error in ("invalid_grant", "invalid_client", "invalid_scope", "access_denied"):
             raise FatalProviderError(

@@ -142,7 +142,13 @@ class UserWrites:
                 authorised = self.batcher.signin.authorize(self.user)
             except UserFailed as exc:
                 for item in [*batch, *pending]:
-                    if not item.copy:
+                    if item.copy:
+                        continue
+                    if exc.unknown_user and item.change.op == "delete":
+                        # The mailbox is gone, and our event with it (an address that
+                        # changed and was not kept as an alias): the delete is done.
+                        self.emit(self._ok(item, item.event_id))
+                    else:
                         self.emit(ChangeResult(item.change, False, error=str(exc), permanent=True))
                 return
             calls = [(self.user, self._call(item, authorised)) for item in batch]
@@ -304,14 +310,18 @@ class UserWrites:
         return step
 
     def _choose(self, item: Item, live: list[dict[str, Any]]) -> dict[str, Any]:
-        """The snapshot's event, else one of the wanted type, else the newest."""
+        """The snapshot's event, else one under our own id, of the wanted type, the newest."""
         for event in live:
             if event.get("id") == item.change.provider_event_id:
                 return event
-        return max(
-            live,
-            key=lambda e: (is_out_of_office(e) == item.out_of_office, e.get("updated", "")),
-        )
+
+        def rank(event: dict[str, Any]) -> tuple[bool, bool, str]:
+            parsed = parse_event_id(event.get("id"))
+            ours = parsed is not None and parsed.event_key == item.change.event_key
+            wanted = is_out_of_office(event) == item.out_of_office
+            return ours, wanted, event.get("updated", "")
+
+        return max(live, key=rank)
 
     def _replace(self, item: Item, event: dict[str, Any]) -> Step:
         parsed = parse_event_id(event.get("id"))

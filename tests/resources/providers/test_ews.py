@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
+from lxml import etree
 from pydantic import ValidationError
 
 from resources.providers import provider_class
@@ -17,12 +18,16 @@ from resources.providers.base import (
     FatalProviderError,
     changed_fields,
 )
-from resources.providers.ews import KEY_PROPERTY, EwsCalendarProvider, EwsSettings
+from resources.providers.ews import EwsCalendarProvider
+from resources.providers.ews.mapping import KEY_PROPERTY, PROPERTY_SET_ID
+from resources.providers.ews.settings import EwsSettings
 from tests.emulators.ews import EwsEmulator, make_tls_files
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 DENIED, GHOST = "denied@example.com", "ghost@example.com"
 PASSWORD_ENV = "LEAVESYNC_TEST_EWS_PASSWORD"
+M_NS = "http://schemas.microsoft.com/exchange/services/2006/messages"
+T_NS = "http://schemas.microsoft.com/exchange/services/2006/types"
 
 
 @pytest.fixture
@@ -195,12 +200,53 @@ def test_update_of_event_deleted_in_outlook_recreates_it(
     provider = make_provider()
     event = all_day("leave-7", "2024-05-06", "2024-05-07")
     (created,) = provider.apply([create(CAROL, event)])
-    emulator.mailboxes[CAROL].clear()  # the employee deleted it
+    # Outlook moves a deleted appointment to Deleted Items under a new id; our tag goes with it.
+    trashed = emulator.user_deletes(created.provider_event_id)
+    moved = all_day("leave-7", "2024-05-13", "2024-05-14")
     (result,) = provider.apply(
-        [EventChange("update", "leave-7", CAROL, event, created.provider_event_id, created.version)]
+        [EventChange("update", "leave-7", CAROL, moved, created.provider_event_id, created.version)]
     )
     (item,) = emulator.items(CAROL)
     assert result.ok and result.provider_event_id == item.item_id != created.provider_event_id
+    assert item.start == dt.datetime(2024, 5, 12, 22, tzinfo=dt.UTC)
+    # The user's copy in Deleted Items is theirs: left as it is, never updated.
+    (kept,) = emulator.items(CAROL, "deleteditems")
+    assert kept.item_id == trashed.item_id and kept.start == dt.datetime(
+        2024, 5, 5, 22, tzinfo=dt.UTC
+    )
+
+
+def test_hard_deleted_event_is_recreated_on_update(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    event = all_day("leave-8", "2024-05-06", "2024-05-07")
+    (created,) = provider.apply([create(CAROL, event)])
+    emulator.user_deletes(created.provider_event_id, how="HardDelete")
+    (result,) = provider.apply(
+        [EventChange("update", "leave-8", CAROL, event, created.provider_event_id, created.version)]
+    )
+    assert result.ok and [i.item_id for i in emulator.items(CAROL)] == [result.provider_event_id]
+
+
+def test_event_restored_from_deleted_items_is_adopted_not_duplicated(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    (created,) = provider.apply([create(BOB, all_day("leave-4", "2024-05-06", "2024-05-07"))])
+    restored = emulator.user_restores(emulator.user_deletes(created.provider_event_id).item_id)
+    later = all_day("leave-4", "2024-05-20", "2024-05-21")
+    (updated,) = provider.apply(
+        [EventChange("update", "leave-4", BOB, later, created.provider_event_id, created.version)]
+    )
+    (item,) = emulator.items(BOB)
+    assert updated.ok and updated.adopted and updated.provider_event_id == restored.item_id
+    assert item.start == dt.datetime(2024, 5, 19, 22, tzinfo=dt.UTC)
+    # And a delete by the old id finds it by key too: nothing of ours is left behind.
+    (deleted,) = provider.apply(
+        [EventChange("delete", "leave-4", BOB, None, created.provider_event_id)]
+    )
+    assert deleted.ok and emulator.items(BOB) == []
 
 
 def test_foreign_events_are_never_touched(
@@ -229,7 +275,8 @@ def test_bulk_operations_in_chunks_of_100(
     assert len(results) == 250 and all(r.ok for r in results)
     assert len({r.provider_event_id for r in results}) == 250
     assert [r.count for r in emulator.requests if r.op == "CreateItem"] == [100, 100, 50]
-    assert emulator.count("FindItem") == 3  # one key lookup per chunk
+    # Look-ups: at most 63 keys per FindItem (a restriction has at most 255 nodes): 2 + 2 + 1.
+    assert emulator.count("FindItem") == 5
     remote = list(provider.read_back([ALICE], dt.date(2024, 1, 1), dt.date(2025, 1, 1)))
     assert sorted(r.event_key for r in remote) == sorted(e.event_key for e in events)  # paged
     deletes = [
@@ -245,6 +292,148 @@ def test_nothing_to_change_sends_nothing(
 ) -> None:
     assert list(make_provider().apply([])) == []
     assert emulator.requests == []
+
+
+# -- a create is never blind: look-up and adoption -----------------------------------------------
+
+
+def test_create_of_a_key_already_there_adopts_it_and_writes_only_if_it_differs(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    same = all_day("leave-1", "2024-05-06", "2024-05-07")
+    old = all_day("leave-2", "2024-05-06", "2024-05-07")
+    first = {
+        r.change.event_key: r for r in provider.apply([create(ALICE, same), create(ALICE, old)])
+    }
+    before = len(emulator.requests)
+    # The snapshot was lost: both keys come again as creates, one of them edited in HR since.
+    new = all_day("leave-2", "2024-06-10", "2024-06-12", title="Vacation")
+    again = {
+        r.change.event_key: r for r in provider.apply([create(ALICE, same), create(ALICE, new)])
+    }
+    assert all(r.ok and r.adopted for r in again.values())
+    assert again["leave-1"].provider_event_id == first["leave-1"].provider_event_id
+    assert again["leave-1"].version == first["leave-1"].version  # identical: not rewritten
+    assert again["leave-2"].provider_event_id == first["leave-2"].provider_event_id
+    ops = [r.op for r in emulator.requests[before:]]
+    assert ops == ["FindItem", "GetItem", "UpdateItem"]  # no CreateItem, one update
+    assert [r.count for r in emulator.requests[before:]][2] == 1
+    keys = by_key(emulator, ALICE)
+    assert len(keys["leave-1"]) == len(keys["leave-2"]) == 1
+    assert keys["leave-2"][0].text("Subject") == "Vacation"
+    assert keys["leave-2"][0].start == dt.datetime(2024, 6, 9, 22, tzinfo=dt.UTC)
+
+
+def test_adoption_deletes_further_copies_of_the_key(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    event = all_day("leave-3", "2024-05-06", "2024-05-07")
+    (first,) = provider.apply([create(ALICE, event)])
+    copies = [emulator.copy_item(first.provider_event_id) for _ in range(2)]
+    emulator.edit_item(copies[1].item_id, "Subject", "Edited elsewhere")
+    foreign = emulator.add_foreign_item(
+        ALICE, "Lunch", "2024-05-06T10:00:00Z", "2024-05-06T11:00:00Z"
+    )
+    (result,) = provider.apply([create(ALICE, event)])
+    (kept,) = by_key(emulator, ALICE)["leave-3"]
+    assert result.ok and result.adopted and result.provider_event_id == kept.item_id
+    assert kept.text("Subject") == "Absent"
+    assert foreign.item_id in {i.item_id for i in emulator.items(ALICE)}  # not ours: untouched
+
+
+def test_adoption_keeps_the_newest_copy_when_none_is_identical(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    (first,) = provider.apply([create(BOB, all_day("leave-5", "2024-05-06", "2024-05-07"))])
+    newer = emulator.copy_item(
+        first.provider_event_id, created=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    )
+    emulator.edit_item(first.provider_event_id, "Subject", "Old")
+    emulator.edit_item(newer.item_id, "Subject", "Newer")
+    wanted = all_day("leave-5", "2024-05-06", "2024-05-08")
+    (result,) = provider.apply([create(BOB, wanted)])
+    (kept,) = by_key(emulator, BOB)["leave-5"]
+    assert result.adopted and kept.item_id == newer.item_id and kept.text("Subject") == "Absent"
+
+
+def test_update_without_a_known_id_finds_the_key_and_removes_its_copies(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    (first,) = provider.apply([create(CAROL, all_day("leave-6", "2024-05-06", "2024-05-07"))])
+    emulator.copy_item(first.provider_event_id)
+    moved = all_day("leave-6", "2024-07-01", "2024-07-03")
+    (result,) = provider.apply([EventChange("update", "leave-6", CAROL, moved)])
+    (kept,) = by_key(emulator, CAROL)["leave-6"]
+    assert result.ok and result.provider_event_id == kept.item_id
+    assert kept.start == dt.datetime(2024, 6, 30, 22, tzinfo=dt.UTC)
+
+
+def test_look_up_costs_one_find_item_per_63_keys_per_mailbox(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider(chunk_size=200)
+    day = dt.date(2024, 1, 1)
+    changes = [
+        create(
+            mailbox,
+            all_day(f"leave-{m}-{n}", str(day + dt.timedelta(n)), str(day + dt.timedelta(n + 1))),
+        )
+        for m, mailbox in enumerate((ALICE, BOB))
+        for n in range(130)
+    ]
+    assert all(r.ok for r in provider.apply(changes))
+    finds = [r for r in emulator.requests if r.op == "FindItem"]
+    assert sorted((r.mailbox, r.count) for r in finds) == sorted(
+        (m, 0) for m in (ALICE, BOB) for _ in range(3)
+    )  # ceil(130 / 63) = 3 per mailbox
+    assert emulator.count("CreateItem") == 2
+
+
+# -- stale ChangeKeys: someone edited the event since our snapshot ------------------------------
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["current-key-required", "overwrite"])
+def test_stale_change_key_is_refreshed_and_hr_wins(
+    make_provider: Callable[..., EwsCalendarProvider], emulator: EwsEmulator, strict: bool
+) -> None:
+    emulator.overwrite_needs_current_change_key = strict
+    provider = make_provider()
+    event = all_day("leave-1", "2024-05-06", "2024-05-07")
+    (created,) = provider.apply([create(ALICE, event)])
+    emulator.edit_item(created.provider_event_id, "Sensitivity", "Normal")  # in Outlook
+    before = len(emulator.requests)
+    moved = all_day("leave-1", "2024-05-08", "2024-05-09")
+    (updated,) = provider.apply(
+        [EventChange("update", "leave-1", ALICE, moved, created.provider_event_id, created.version)]
+    )
+    (item,) = emulator.items(ALICE)
+    assert updated.ok and updated.version == item.changekey
+    assert item.text("Sensitivity") == "Private" and item.start.day == 7
+    ops = [(r.op, r.attributes.get("ConflictResolution")) for r in emulator.requests[before:]]
+    if strict:
+        assert ops == [
+            ("UpdateItem", "AlwaysOverwrite"),
+            ("GetItem", None),
+            ("UpdateItem", "AlwaysOverwrite"),
+        ]
+    else:
+        assert ops == [("UpdateItem", "AlwaysOverwrite")]
+
+
+def test_update_whose_change_key_the_snapshot_never_learned(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    (created,) = provider.apply([create(BOB, all_day("leave-2", "2024-05-06", "2024-05-07"))])
+    later = all_day("leave-2", "2024-05-10", "2024-05-11")
+    (updated,) = provider.apply(
+        [EventChange("update", "leave-2", BOB, later, created.provider_event_id, None)]
+    )
+    assert updated.ok and emulator.items(BOB)[0].start.day == 9
 
 
 # -- idempotency and faults -----------------------------------------------------------------------
@@ -385,6 +574,100 @@ def test_thirty_percent_faults_every_change_lands_exactly_once(
     assert all(kinds[k] > 0 for k in ("busy", "503", "fault500", "drop", "lost")), kinds
 
 
+def test_item_level_throttling_and_stopped_batches_are_sent_again(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    day = dt.date(2024, 4, 1)
+    events = [
+        all_day(f"leave-{n}", str(day + dt.timedelta(n)), str(day + dt.timedelta(n + 1)))
+        for n in range(10)
+    ]
+    # "EWS throttling in Exchange": HTTP 200 with ErrorInternalServerError (inner ErrorServerBusy)
+    # per item; ResponseClass Warning ErrorBatchProcessingStopped for the rest of a batch.
+    emulator.inject("stopped", ops=("CreateItem",))
+    emulator.inject("item_busy", ops=("CreateItem",))
+    created = list(provider.apply([create(ALICE, e) for e in events]))
+    assert all(r.ok for r in created) and len(emulator.items(ALICE)) == 10
+    emulator.inject("stopped", ops=("UpdateItem",))
+    emulator.inject("item_busy", ops=("DeleteItem",))
+    updates = [
+        EventChange(
+            "update",
+            r.change.event_key,
+            ALICE,
+            all_day(r.change.event_key, "2024-09-02", "2024-09-03", title="Leave"),
+            r.provider_event_id,
+            r.version,
+        )
+        for r in created
+    ]
+    assert all(r.ok for r in provider.apply(updates))
+    assert {i.text("Subject") for i in emulator.items(ALICE)} == {"Leave"}
+    deletes = [
+        EventChange("delete", r.change.event_key, ALICE, None, r.provider_event_id) for r in created
+    ]
+    assert all(r.ok for r in provider.apply(deletes)) and emulator.items(ALICE) == []
+    assert emulator.count(outcome="stopped") == 2 and emulator.count(outcome="item_busy") == 2
+
+
+def test_read_back_is_complete_across_partial_pages_and_stopped_batches(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    day = dt.date(2024, 1, 1)
+    events = [
+        all_day(
+            f"leave-{n}", str(day + dt.timedelta(n % 300)), str(day + dt.timedelta(n % 300 + 1))
+        )
+        for n in range(1200)
+    ]
+    assert all(r.ok for r in provider.apply([create(ALICE, e) for e in events]))
+    emulator.inject("partial", ops=("FindItem",))
+    emulator.inject("stopped", ops=("GetItem",))
+    remote = list(provider.read_back([ALICE], dt.date(2024, 1, 1), dt.date(2025, 1, 1)))
+    assert sorted(r.event_key for r in remote) == sorted(e.event_key for e in events)
+    # FindItem pages hold at most 1000 items (EWSFindCountLimit), and the partial one fewer.
+    finds = [r for r in emulator.requests if r.op == "FindItem"][-4:]
+    assert emulator.count(outcome="partial") == 1 and len(finds) >= 2
+
+
+def test_connection_limit_of_the_service_account_is_waited_out(
+    make_provider: Callable[..., EwsCalendarProvider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = [f"user{n}@example.com" for n in range(6)]
+    with EwsEmulator(users, max_concurrency=2) as emulator:
+        monkeypatch.setenv(PASSWORD_ENV, emulator.password)
+        provider = EwsCalendarProvider(
+            "limit",
+            EwsSettings(
+                ews_url=emulator.url,
+                username=emulator.username,
+                password_env=PASSWORD_ENV,
+                auth_type="basic",
+                concurrent_mailboxes=6,
+                backoff_base=0.01,
+                backoff_cap=0.1,
+                max_attempts=30,
+                max_wait=5,
+            ),
+        )
+        # The first look-ups are slow, so that more than two requests are in flight at once.
+        emulator.inject("slow", times=6, ops=("FindItem",), delay=0.5)
+        try:
+            changes = [
+                create(u, all_day(f"leave-{u[:5]}-{n}", "2024-05-06", "2024-05-07"))
+                for u in users
+                for n in range(5)
+            ]
+            results = list(provider.apply(changes))
+        finally:
+            provider.close()
+        assert len(results) == 30 and all(r.ok for r in results)
+        assert sum(1 for _ in emulator.all_items()) == 30
+        assert emulator.count(outcome="fault:ErrorExceededConnectionCount") > 0
+
+
 # -- mailbox and target failures ------------------------------------------------------------------
 
 
@@ -471,6 +754,9 @@ def test_configured_version_skips_discovery(
         # Spring forward in Paris on 31 March 2024; fall back on 27 October 2024.
         ("2024-03-29", "2024-04-02", dt.datetime(2024, 3, 28, 23), dt.datetime(2024, 4, 1, 22)),
         ("2024-10-25", "2024-10-29", dt.datetime(2024, 10, 24, 22), dt.datetime(2024, 10, 28, 23)),
+        # The last day is the 23-hour day itself (31 March 2024), and the 25-hour one.
+        ("2024-03-30", "2024-04-01", dt.datetime(2024, 3, 29, 23), dt.datetime(2024, 3, 31, 22)),
+        ("2024-10-26", "2024-10-28", dt.datetime(2024, 10, 25, 22), dt.datetime(2024, 10, 27, 23)),
     ],
 )
 def test_all_day_events_across_dst_land_on_the_right_dates(
@@ -604,13 +890,109 @@ def test_tls_with_custom_ca_bundle_and_untrusted_certificate(
         untrusted = EwsCalendarProvider("tls2", EwsSettings(ews_url=other_url, **common))
         try:
             report = untrusted.check(ALICE)
-            assert not report.ok and "certificate not trusted" in report.render()
+            assert not report.ok and "not trusted" in report.render()
             with pytest.raises(FatalProviderError, match="ca_bundle"):
                 list(
                     untrusted.apply([create(ALICE, all_day("leave-2", "2024-05-06", "2024-05-07"))])
                 )
         finally:
             untrusted.close()
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"])
+@pytest.mark.parametrize("version", [None, "Exchange2016"])
+def test_environment_ca_variables_are_never_trusted(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch, variable: str, version: str | None
+) -> None:
+    tls = make_tls_files(tmp_path / "pki")  # type: ignore[operator]
+    with EwsEmulator([ALICE], tls=tls) as emulator:
+        monkeypatch.setenv(PASSWORD_ENV, emulator.password)
+        monkeypatch.setenv(variable, str(tls.ca_file))  # trusts our CA, were it honoured
+        settings = EwsSettings(
+            ews_url=emulator.url,
+            username=emulator.username,
+            password_env=PASSWORD_ENV,
+            auth_type="basic",
+            version=version,
+        )
+        provider = EwsCalendarProvider("env", settings)
+        try:
+            with pytest.raises(FatalProviderError) as raised:
+                list(
+                    provider.apply([create(ALICE, all_day("leave-1", "2024-05-06", "2024-05-07"))])
+                )
+            port = emulator.url.split(":")[2].split("/")[0]
+            message = str(raised.value)
+            assert f"127.0.0.1:{port}" in message and "ca_bundle" in message
+            assert "not trusted" in message and "REQUESTS_CA_BUNDLE are not used" in message
+            # Fatal at once: one TLS handshake, never an HTTP request, never a retry.
+            assert _settled(lambda: emulator.connections) == 1 and emulator.requests == []
+            report = provider.check(ALICE)
+            assert not report.ok and "127.0.0.1 not trusted" in report.render()
+        finally:
+            provider.close()
+        # The same environment with ca_bundle set: trusted, because the setting says so.
+        trusted = EwsCalendarProvider(
+            "env2", settings.model_copy(update={"ca_bundle": str(tls.ca_file)})
+        )
+        try:
+            (result,) = trusted.apply(
+                [create(ALICE, all_day("leave-1", "2024-05-06", "2024-05-07"))]
+            )
+            assert result.ok
+        finally:
+            trusted.close()
+
+
+def _settled(read: Callable[[], int], seconds: float = 2.0) -> int:
+    """A counter the server thread updates after the client already gave up."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    value = read()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if read() == value and value:
+            break
+        value = read()
+    return value
+
+
+def test_missing_ca_bundle_is_fatal_before_any_request(
+    emulator: EwsEmulator,
+    make_provider: Callable[..., EwsCalendarProvider],
+    tmp_path: object,
+) -> None:
+    missing = make_provider(ca_bundle=str(tmp_path / "nowhere.pem"))  # type: ignore[operator]
+    with pytest.raises(FatalProviderError, match="ca_bundle .*nowhere.pem does not exist"):
+        missing.preflight()
+    with pytest.raises(FatalProviderError, match="ca_bundle"):
+        list(missing.apply([create(ALICE, all_day("leave-1", "2024-05-06", "2024-05-07"))]))
+    report = missing.check(ALICE)
+    assert not report.ok and "does not exist" in report.render()
+    garbage = tmp_path / "garbage.pem"  # type: ignore[operator]
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(FatalProviderError, match="holds no PEM certificate"):
+        make_provider(ca_bundle=str(garbage)).preflight()
+    assert emulator.requests == []
+
+
+def test_preflight_names_the_setting_and_needs_no_network(
+    emulator: EwsEmulator,
+    make_provider: Callable[..., EwsCalendarProvider],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: object,
+) -> None:
+    tls = make_tls_files(tmp_path / "pki")  # type: ignore[operator]
+    make_provider(ca_bundle=str(tls.ca_file)).preflight()  # all good: no exception
+    make_provider(ca_bundle=str(tmp_path), verify_tls=False).preflight()  # type: ignore[operator]
+    directory = make_provider(ca_bundle=str(tmp_path))  # type: ignore[operator]
+    with pytest.raises(FatalProviderError, match="is not a file"):
+        directory.preflight()
+    monkeypatch.delenv(PASSWORD_ENV)
+    with pytest.raises(FatalProviderError, match=PASSWORD_ENV):
+        make_provider().preflight()
+    assert emulator.requests == [] and emulator.connections == 0
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -683,7 +1065,7 @@ def test_server_busy_pool_shrink_cannot_deadlock(
     from exchangelib.protocol import Protocol
 
     provider = make_provider(concurrent_mailboxes=4)
-    protocol = Protocol(config=provider._configuration())
+    protocol = Protocol(config=provider.connection.configuration())
     held = [protocol.get_session(), protocol.get_session()]  # two mailboxes in flight
     # exchangelib shrinks its pool on ErrorServerBusy; with every session busy it used to
     # re-take its own lock and hang for ever.
@@ -693,3 +1075,386 @@ def test_server_busy_pool_shrink_cannot_deadlock(
     assert not shrink.is_alive()
     for session in held:
         protocol.release_session(session)
+
+
+# -- the emulator's rules, on the wire (tests/emulators/README.md, "Exchange Web Services") ------
+
+_NS = (
+    'xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+    'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" '
+    'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"'
+)
+_CAL = (
+    '<t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>alice@example.com'
+    "</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId>"
+)
+_KEY_URI = (
+    f'<t:ExtendedFieldURI PropertySetId="{PROPERTY_SET_ID}" PropertyName="leavesyncKey" '
+    'PropertyType="String"/>'
+)
+
+
+def soap(
+    emulator: EwsEmulator,
+    operation: str,
+    *,
+    mailbox: str | None = ALICE,
+    version: str | None = "Exchange2016",
+    anchor: str | None = None,
+    sid: str | None = None,
+) -> tuple[int, list[str], etree._Element | None]:
+    """POST one raw SOAP request; (HTTP status, response codes or ["fault:<code>"], body)."""
+    import requests
+
+    header = "" if version is None else f'<t:RequestServerVersion Version="{version}"/>'
+    if mailbox is not None or sid is not None:
+        inner = sid or f"<t:PrimarySmtpAddress>{mailbox}</t:PrimarySmtpAddress>"
+        header += f"<t:ExchangeImpersonation><t:ConnectingSID>{inner}</t:ConnectingSID></t:ExchangeImpersonation>"
+    envelope = (
+        f"<s:Envelope {_NS}><s:Header>{header}</s:Header><s:Body>{operation}</s:Body></s:Envelope>"
+    )
+    headers = {"Content-Type": "text/xml; charset=utf-8"}
+    if mailbox is not None:
+        headers["X-AnchorMailbox"] = anchor if anchor is not None else mailbox
+    answer = requests.post(
+        emulator.url,
+        data=envelope.encode(),
+        headers=headers,
+        auth=(emulator.username, emulator.password),
+        timeout=10,
+    )
+    if not answer.content:
+        return answer.status_code, [], None
+    root = etree.fromstring(answer.content)
+    fault = root.find(".//{http://schemas.xmlsoap.org/soap/envelope/}Fault")
+    if fault is not None:
+        return answer.status_code, ["fault:" + fault.findtext("faultcode").split(":")[-1]], root
+    m = "{http://schemas.microsoft.com/exchange/services/2006/messages}"
+    found = [
+        e.findtext(f"{m}ResponseCode")
+        for e in root.iter()
+        if str(e.tag).endswith("ResponseMessage")
+    ]
+    return answer.status_code, found, root
+
+
+def calendar_item_xml(
+    key: str = "leave-1",
+    start: str = "2024-05-06T09:00:00Z",
+    end: str = "2024-05-06T12:00:00Z",
+    zone: str = "Romance Standard Time",
+    before: str = "",
+    extended: str = "",
+) -> str:
+    return (
+        f"<t:CalendarItem><t:Subject>Absent</t:Subject>{before}<t:ExtendedProperty>{_KEY_URI}"
+        f"<t:Value>{key}</t:Value></t:ExtendedProperty>{extended}<t:Start>{start}</t:Start>"
+        f'<t:End>{end}</t:End><t:StartTimeZone Id="{zone}"/></t:CalendarItem>'
+    )
+
+
+def create_xml(items: str, attributes: str = 'SendMeetingInvitations="SendToNone"') -> str:
+    return (
+        f"<m:CreateItem {attributes}><m:SavedItemFolderId>{_CAL}</m:SavedItemFolderId>"
+        f"<m:Items>{items}</m:Items></m:CreateItem>"
+    )
+
+
+def find_xml(
+    restriction: str = "", paging: str = "", traversal: str = 'Traversal="Shallow"'
+) -> str:
+    return (
+        f"<m:FindItem {traversal}><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape>"
+        f"<t:AdditionalProperties>{_KEY_URI}</t:AdditionalProperties></m:ItemShape>{paging}"
+        f"{restriction}<m:ParentFolderIds>{_CAL}</m:ParentFolderIds></m:FindItem>"
+    )
+
+
+def keys_restriction(count: int) -> str:
+    equals = "".join(
+        f'<t:IsEqualTo>{_KEY_URI}<t:FieldURIOrConstant><t:Constant Value="leave-{n}"/>'
+        "</t:FieldURIOrConstant></t:IsEqualTo>"
+        for n in range(count)
+    )
+    return f"<m:Restriction><t:Or>{equals}</t:Or></m:Restriction>"
+
+
+def update_xml(item_id: str, change_key: str | None, updates: str, attributes: str) -> str:
+    key = "" if change_key is None else f' ChangeKey="{change_key}"'
+    return (
+        f"<m:UpdateItem {attributes}><m:ItemChanges><t:ItemChange>"
+        f'<t:ItemId Id="{item_id}"{key}/><t:Updates>{updates}</t:Updates>'
+        "</t:ItemChange></m:ItemChanges></m:UpdateItem>"
+    )
+
+
+_SET_SUBJECT = (
+    '<t:SetItemField><t:FieldURI FieldURI="item:Subject"/><t:CalendarItem>'
+    "<t:Subject>Away</t:Subject></t:CalendarItem></t:SetItemField>"
+)
+_UPDATE_ATTRS = 'ConflictResolution="{}" SendMeetingInvitationsOrCancellations="SendToNone"'
+
+
+@pytest.mark.parametrize(
+    ("operation", "options", "expected"),
+    [
+        # SOAP header: RequestServerVersion, ExchangeImpersonation
+        (find_xml(), {"version": None}, "fault:ErrorInvalidServerVersion"),
+        (find_xml(), {"version": "Exchange2019"}, "fault:ErrorInvalidServerVersion"),
+        (
+            find_xml(),
+            {
+                "sid": "<t:PrimarySmtpAddress>alice@example.com</t:PrimarySmtpAddress><t:SID>S-1</t:SID>"
+            },
+            "fault:ErrorSchemaValidation",
+        ),
+        (find_xml(), {"mailbox": GHOST}, "fault:ErrorNonExistentMailbox"),
+        (find_xml(), {"mailbox": DENIED}, "fault:ErrorImpersonateUserDenied"),
+        # XML schema: required attributes and elements, enumerations, versions, order
+        (find_xml(traversal=""), {}, "fault:ErrorSchemaValidation"),
+        (find_xml(traversal='Traversal="Deep"'), {}, "fault:ErrorSchemaValidation"),
+        (find_xml(paging='<m:IndexedPageItemView Offset="0"/>'), {}, "fault:ErrorSchemaValidation"),
+        (
+            '<m:DeleteItem SendMeetingCancellations="SendToNone"><m:ItemIds><t:ItemId Id="QUJD"/></m:ItemIds></m:DeleteItem>',
+            {},
+            "fault:ErrorSchemaValidation",
+        ),
+        (
+            create_xml(calendar_item_xml(), 'SendMeetingInvitations="SendOnlyToChanged"'),
+            {},
+            "fault:ErrorSchemaValidation",
+        ),
+        (
+            '<m:DeleteItem DeleteType="HardDelete" SendMeetingCancellations="SendToNone" SuppressReadReceipts="true"><m:ItemIds><t:ItemId Id="QUJD"/></m:ItemIds></m:DeleteItem>',
+            {"version": "Exchange2013"},
+            "fault:ErrorSchemaValidation",
+        ),
+        (
+            create_xml(
+                calendar_item_xml()
+                .replace("<t:Subject>Absent</t:Subject>", "")
+                .replace("<t:StartTimeZone", "<t:Subject>Late</t:Subject><t:StartTimeZone")
+            ),
+            {},
+            "fault:ErrorSchemaValidation",
+        ),
+        (
+            create_xml(calendar_item_xml(before="<t:ReminderIsSet>yes</t:ReminderIsSet>")),
+            {},
+            "fault:ErrorSchemaValidation",
+        ),
+        # Per item, in ResponseMessages
+        (create_xml(calendar_item_xml(), ""), {}, "ErrorSendMeetingInvitationsRequired"),
+        (create_xml(calendar_item_xml(zone="Europe/Paris")), {}, "ErrorCalendarInvalidTimeZone"),
+        (
+            create_xml(calendar_item_xml(end="2024-05-06T08:00:00Z")),
+            {},
+            "ErrorCalendarEndDateIsEarlierThanStartDate",
+        ),
+        (
+            create_xml(calendar_item_xml(end="2030-05-06T12:00:00Z")),
+            {},
+            "ErrorCalendarDurationIsTooLong",
+        ),
+        (
+            create_xml(
+                calendar_item_xml(
+                    before="<t:DateTimeCreated>2024-01-01T00:00:00Z</t:DateTimeCreated>"
+                )
+            ),
+            {},
+            "ErrorInvalidPropertySet",
+        ),
+        (
+            create_xml(
+                calendar_item_xml(
+                    extended='<t:ExtendedProperty><t:ExtendedFieldURI PropertyName="x" PropertyType="String"/><t:Value>1</t:Value></t:ExtendedProperty>'
+                )
+            ),
+            {},
+            "ErrorInvalidExtendedProperty",
+        ),
+        (
+            create_xml(
+                calendar_item_xml(
+                    extended='<t:ExtendedProperty><t:ExtendedFieldURI PropertyTag="0x8001" PropertyType="String"/><t:Value>1</t:Value></t:ExtendedProperty>'
+                )
+            ),
+            {},
+            "ErrorNoPropertyTagForCustomProperties",
+        ),
+        (
+            create_xml(
+                calendar_item_xml(
+                    extended=f'<t:ExtendedProperty><t:ExtendedFieldURI PropertySetId="{PROPERTY_SET_ID}" PropertyName="n" PropertyType="Integer"/><t:Value>abc</t:Value></t:ExtendedProperty>'
+                )
+            ),
+            {},
+            "ErrorInvalidExtendedPropertyValue",
+        ),
+        (
+            '<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="***"/></m:ItemIds></m:GetItem>',
+            {},
+            "ErrorInvalidIdMalformed",
+        ),
+        (find_xml(keys_restriction(64)), {}, "ErrorRestrictionTooLong"),
+        (
+            find_xml(
+                paging='<m:IndexedPageItemView MaxEntriesReturned="0" Offset="0" BasePoint="Beginning"/>'
+            ),
+            {},
+            "ErrorInvalidPagingMaxRows",
+        ),
+        (
+            find_xml(paging='<m:IndexedPageItemView Offset="-1" BasePoint="Beginning"/>'),
+            {},
+            "ErrorInvalidIndexedPagingParameters",
+        ),
+    ],
+)
+def test_emulator_refuses_what_exchange_refuses(
+    emulator: EwsEmulator, operation: str, options: dict[str, str], expected: str
+) -> None:
+    status, codes, _ = soap(emulator, operation, **options)
+    assert codes == [expected]
+    assert status == (500 if expected.startswith("fault:") else 200)
+
+
+def test_emulator_accepts_a_well_formed_request_per_operation(emulator: EwsEmulator) -> None:
+    status, codes, root = soap(
+        emulator, create_xml(calendar_item_xml() + calendar_item_xml("leave-2", zone="Foo"))
+    )
+    assert (status, codes) == (200, ["NoError", "ErrorCalendarInvalidTimeZone"])  # per item
+    assert soap(emulator, find_xml(keys_restriction(63)))[1] == ["NoError"]  # 253 nodes
+    item_id = next(root.iter(f"{{{T_NS}}}ItemId")).get("Id")
+    get = f'<m:GetItem><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{item_id}"/></m:ItemIds></m:GetItem>'
+    _, codes, root = soap(emulator, get)
+    assert codes == ["NoError"] and root.findtext(f".//{{{T_NS}}}Start") == "2024-05-06T09:00:00Z"
+    # The id names Alice's mailbox: impersonating Bob, it is "not found" (ResponseCode).
+    assert soap(emulator, get, mailbox=BOB)[1] == ["ErrorItemNotFound"]
+    # Without X-AnchorMailbox (or with another one) an impersonated request is not routed.
+    assert soap(emulator, find_xml(), anchor="")[0] == 503
+    assert soap(emulator, find_xml(), anchor=BOB)[0] == 503
+
+
+@pytest.mark.parametrize(
+    ("resolution", "change_key", "strict", "expected"),
+    [
+        ("AutoResolve", None, True, "ErrorChangeKeyRequired"),
+        ("AutoResolve", "stale", True, "ErrorIrresolvableConflict"),
+        ("NeverOverwrite", "stale", True, "ErrorIrresolvableConflict"),
+        ("AlwaysOverwrite", "stale", True, "ErrorChangeKeyRequiredForWriteOperations"),
+        ("AlwaysOverwrite", None, True, "ErrorChangeKeyRequiredForWriteOperations"),
+        ("AlwaysOverwrite", "stale", False, "NoError"),
+        ("AutoResolve", "###", True, "ErrorInvalidChangeKey"),
+        ("AutoResolve", "current", True, "NoError"),
+        ("NeverOverwrite", "current", True, "NoError"),
+    ],
+)
+def test_emulator_change_key_rules(
+    emulator: EwsEmulator, resolution: str, change_key: str | None, strict: bool, expected: str
+) -> None:
+    emulator.overwrite_needs_current_change_key = strict
+    _, _, root = soap(emulator, create_xml(calendar_item_xml()))
+    ref = next(root.iter(f"{{{T_NS}}}ItemId"))
+    key = {"stale": "c3RhbGU=", "current": ref.get("ChangeKey")}.get(change_key or "", change_key)
+    update = update_xml(ref.get("Id"), key, _SET_SUBJECT, _UPDATE_ATTRS.format(resolution))
+    assert soap(emulator, update)[1] == [expected]
+
+
+def test_emulator_update_and_delete_rules(emulator: EwsEmulator) -> None:
+    _, _, root = soap(emulator, create_xml(calendar_item_xml()))
+    ref = next(root.iter(f"{{{T_NS}}}ItemId"))
+    item_id, key = ref.get("Id"), ref.get("ChangeKey")
+    no_invites = update_xml(item_id, key, _SET_SUBJECT, 'ConflictResolution="AutoResolve"')
+    assert soap(emulator, no_invites)[1] == ["ErrorSendMeetingInvitationsOrCancellationsRequired"]
+    attrs = _UPDATE_ATTRS.format("AlwaysOverwrite")
+    two = _SET_SUBJECT.replace("</t:Subject>", "</t:Subject><t:Sensitivity>Normal</t:Sensitivity>")
+    assert soap(emulator, update_xml(item_id, key, two, attrs))[1] == [
+        "ErrorIncorrectUpdatePropertyCount"
+    ]
+    wrong = _SET_SUBJECT.replace("item:Subject", "item:Sensitivity")
+    assert soap(emulator, update_xml(item_id, key, wrong, attrs))[1] == [
+        "ErrorIncorrectUpdatePropertyCount"
+    ]
+    delete = f'<m:DeleteItem DeleteType="HardDelete"><m:ItemIds><t:ItemId Id="{item_id}"/></m:ItemIds></m:DeleteItem>'
+    assert soap(emulator, delete)[1] == ["ErrorSendMeetingCancellationsRequired"]
+    assert len(emulator.items(ALICE)) == 1  # nothing of the refused requests was applied
+
+
+def test_emulator_pages_at_most_1000_items(emulator: EwsEmulator) -> None:
+    items = "".join(calendar_item_xml(f"leave-{n}") for n in range(1200))
+    assert soap(emulator, create_xml(items))[1] == ["NoError"] * 1200
+    paging = '<m:IndexedPageItemView MaxEntriesReturned="5000" Offset="0" BasePoint="Beginning"/>'
+    _, codes, root = soap(emulator, find_xml(paging=paging))
+    page = root.find(f".//{{{M_NS}}}RootFolder")
+    assert codes == ["NoError"] and len(page.find(f"{{{T_NS}}}Items")) == 1000
+    assert (page.get("IncludesLastItemInRange"), page.get("IndexedPagingOffset")) == (
+        "false",
+        "1000",
+    )
+    _, _, root = soap(emulator, find_xml())  # no paging element: still at most 1000
+    assert len(root.find(f".//{{{T_NS}}}Items")) == 1000
+
+
+def test_emulator_deleted_items_get_a_new_id_and_leave_the_calendar(emulator: EwsEmulator) -> None:
+    _, _, root = soap(emulator, create_xml(calendar_item_xml("leave-0")))
+    item_id = next(root.iter(f"{{{T_NS}}}ItemId")).get("Id")
+    restriction = keys_restriction(1).replace("<t:Or>", "").replace("</t:Or>", "")
+    assert len(soap(emulator, find_xml(restriction))[2].find(f".//{{{T_NS}}}Items")) == 1
+    moved = emulator.user_deletes(item_id)
+    assert moved.item_id != item_id and moved.folder == "deleteditems"
+    assert len(soap(emulator, find_xml(restriction))[2].find(f".//{{{T_NS}}}Items")) == 0
+    in_trash = find_xml(restriction).replace('Id="calendar"', 'Id="deleteditems"')
+    assert len(soap(emulator, in_trash)[2].find(f".//{{{T_NS}}}Items")) == 1
+    soft = find_xml(restriction, traversal='Traversal="SoftDeleted"')
+    assert len(soap(emulator, soft)[2].find(f".//{{{T_NS}}}Items")) == 0  # FindItem page
+    get = f'<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{item_id}"/></m:ItemIds></m:GetItem>'
+    assert soap(emulator, get)[1] == ["ErrorItemNotFound"]
+
+
+def test_exchange_2013_server_is_asked_its_version_and_refuses_newer_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with EwsEmulator([ALICE], build=(15, 0, 516, 32)) as emulator:
+        monkeypatch.setenv(PASSWORD_ENV, emulator.password)
+        common = dict(
+            ews_url=emulator.url,
+            username=emulator.username,
+            password_env=PASSWORD_ENV,
+            auth_type="basic",
+            backoff_base=0.01,
+            backoff_cap=0.1,
+        )
+        asking = EwsCalendarProvider("e2013", EwsSettings(**common))
+        try:
+            (created,) = asking.apply(
+                [create(ALICE, all_day("leave-1", "2024-05-06", "2024-05-07"))]
+            )
+            (deleted,) = asking.apply(
+                [EventChange("delete", "leave-1", ALICE, None, created.provider_event_id)]
+            )
+            assert created.ok and deleted.ok
+        finally:
+            asking.close()
+        used = {r.version for r in emulator.requests if r.outcome == "ok"}
+        assert used == {"Exchange2013"}
+        # SuppressReadReceipts exists from Exchange2013_SP1 only: never sent to this server.
+        assert all("SuppressReadReceipts" not in r.attributes for r in emulator.requests)
+        # A version set too new is refused (ErrorInvalidServerVersion, a SOAP fault): exchangelib
+        # steps down to one the server knows, and check reports what the server runs.
+        newer = EwsCalendarProvider("e2016", EwsSettings(version="Exchange2016", **common))
+        before = len(emulator.requests)
+        try:
+            (result,) = newer.apply([create(ALICE, all_day("leave-2", "2024-05-06", "2024-05-07"))])
+            assert result.ok
+            assert "(API Exchange2013)" in newer.check(ALICE).render()
+        finally:
+            newer.close()
+        refused = [r.version for r in emulator.requests[before:] if r.outcome != "ok"]
+        assert "Exchange2016" in refused and set(refused) == {
+            "Exchange2016",
+            "Exchange2015_SP1",
+            "Exchange2015",
+            "Exchange2013_SP1",
+        }

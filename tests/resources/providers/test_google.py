@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
+import jwt
 import pytest
 
 from resources.providers import provider_class
 from resources.providers.base import (
+    ChangeResult,
     EventChange,
     EventPayload,
     FatalProviderError,
@@ -307,9 +314,11 @@ def test_quota_is_respected(google_calendar, monkeypatch):
     changes = [create(n, [ALICE, BOB, CAROL][n % 3]) for n in range(90)]
     assert all(r.ok for r in provider.apply(changes))
     assert google_calendar.stats["quota_rejections"] == 0
-    # The same calls from an unpaced client do exceed this quota.
+    # The server does refuse what is beyond its quota: a client that does not pace itself,
+    # against a bucket refilled at one call a second, is refused well before 30 s.
+    google_calendar.enforce_quota(60, None, user_burst=30)
     unpaced = make_provider(google_calendar, monkeypatch, batch_size=10, max_attempts=1)
-    list(unpaced.apply([create(n, [ALICE, BOB, CAROL][n % 3]) for n in range(100, 190)]))
+    list(unpaced.apply([create(n, [ALICE, BOB, CAROL][n % 3]) for n in range(100, 280)]))
     assert google_calendar.stats["quota_rejections"] > 0
 
 
@@ -357,7 +366,6 @@ def test_read_back_normalises_and_reports_drift(google_calendar, monkeypatch):
     ]
     untouched = remote["leave-10"].payload
     assert untouched.fingerprint == leave(10).fingerprint
-    assert google_calendar.stats["list_requests"] >= 3  # Bob's 260 events came in pages
 
 
 def test_out_of_office_events_for_timed_leaves(google_calendar, monkeypatch):
@@ -431,3 +439,546 @@ def _test_ca(tmp_path):
     """A throwaway CA and a certificate for 127.0.0.1 signed by it."""
     pki = make_test_pki(tmp_path / "pki")
     return pki.ca_file, pki.cert_file, pki.key_file
+
+
+# -- event types and generations (#18, #21) ----------------------------------------------
+
+
+def timed(n: int, status: str = "confirmed", **fields) -> EventPayload:
+    """An afternoon off: pending is tentative, approved is out of office."""
+    show_as = "oof" if status == "confirmed" else "tentative"
+    return leave(
+        n,
+        all_day=False,
+        start="2025-07-08T13:00:00",
+        end="2025-07-08T18:00:00",
+        status=status,
+        show_as=show_as,
+        **fields,
+    )
+
+
+def live_of(emulator: GoogleCalendarEmulator, user: str, key: str) -> list[dict]:
+    return [
+        e
+        for e in emulator.events(user)
+        if e.get("extendedProperties", {}).get("private", {}).get("leavesyncKey") == key
+    ]
+
+
+def test_out_of_office_pending_approved_cancelled_reinstated(google_calendar, monkeypatch):
+    provider = make_provider(google_calendar, monkeypatch, out_of_office=True)
+
+    def step(change: EventChange) -> ChangeResult:
+        [result] = provider.apply([change])
+        assert result.ok, result.error
+        return result
+
+    pending = step(EventChange("create", "leave-1", ALICE, timed(1, "tentative")))
+    [event] = live_of(google_calendar, ALICE, "leave-1")
+    assert event["eventType"] == "default" and event["status"] == "tentative"
+
+    # Approval: Google refuses a change of eventType, so the event is replaced.
+    approved = step(
+        EventChange(
+            "update", "leave-1", ALICE, timed(1), pending.provider_event_id, pending.version
+        )
+    )
+    [event] = live_of(google_calendar, ALICE, "leave-1")
+    assert event["eventType"] == "outOfOffice" and event["id"] == approved.provider_event_id
+    assert approved.provider_event_id != pending.provider_event_id
+    assert event["outOfOfficeProperties"] and event["transparency"] == "opaque"
+
+    step(EventChange("delete", "leave-1", ALICE, provider_event_id=approved.provider_event_id))
+    assert live_of(google_calendar, ALICE, "leave-1") == []
+
+    reinstated = step(EventChange("create", "leave-1", ALICE, timed(1)))
+    [event] = live_of(google_calendar, ALICE, "leave-1")
+    assert event["eventType"] == "outOfOffice" and event["id"] == reinstated.provider_event_id
+    ids = {pending.provider_event_id, approved.provider_event_id, reinstated.provider_event_id}
+    assert len(ids) == 3  # three generations; the two deleted ones stay deleted
+    assert len(google_calendar.events(ALICE, include_cancelled=True)) == 3
+
+    # Back to pending: out of office -> default, replaced again.
+    back = step(
+        EventChange("update", "leave-1", ALICE, timed(1, "tentative"), reinstated.provider_event_id)
+    )
+    [event] = live_of(google_calendar, ALICE, "leave-1")
+    assert event["eventType"] == "default" and event["id"] == back.provider_event_id
+    # No update ever asked Google to change a type.
+    assert google_calendar.stats["event_type_change_refused"] == 0
+
+
+def test_emulator_refuses_an_event_type_change_in_update_and_patch(google_calendar):
+    client = RawClient(google_calendar, ALICE)
+    body = event_json("lvs0000001", start={"date": "2025-07-01"}, end={"date": "2025-07-02"})
+    assert client.call("POST", "/calendar/v3/calendars/primary/events", body)[0] == 200
+    ooo = dict(
+        body,
+        eventType="outOfOffice",
+        outOfOfficeProperties={},
+        start={"dateTime": "2025-07-01T09:00:00Z"},
+        end={"dateTime": "2025-07-01T12:00:00Z"},
+    )
+    for method in ("PUT", "PATCH"):
+        status, answer = client.call(
+            method, "/calendar/v3/calendars/primary/events/lvs0000001", ooo
+        )
+        assert status == 400
+        assert answer["error"]["errors"][0]["reason"] == "eventTypeRestriction"
+        assert answer["error"]["errors"][0]["domain"] == "calendar"
+
+
+def test_event_written_before_generations_as_out_of_office_is_replaced(
+    google_calendar, monkeypatch
+):
+    # The previous version wrote out-of-office events under the plain (generation 0) id.
+    provider = make_provider(google_calendar, monkeypatch, out_of_office=True)
+    [created] = provider.apply([EventChange("create", "leave-2", ALICE, timed(2))])
+    assert created.ok
+    old = google_calendar.events(ALICE)[0]
+    google_calendar.calendars[ALICE].clear()
+    google_calendar.put_event(ALICE, dict(old, id=event_id_for("leave-2")))
+    [result] = provider.apply(
+        [EventChange("update", "leave-2", ALICE, timed(2, "tentative"), event_id_for("leave-2"))]
+    )
+    assert result.ok, result.error
+    [event] = live_of(google_calendar, ALICE, "leave-2")
+    assert event["eventType"] == "default" and event["status"] == "tentative"
+    assert google_calendar.stats["event_type_change_refused"] == 1  # seen, then replaced
+
+
+# -- a create is never blind (#20) ----------------------------------------------------------
+
+
+def test_lost_state_creates_adopt_our_events_and_write_only_what_differs(
+    google_calendar, monkeypatch
+):
+    provider = make_provider(google_calendar, monkeypatch)
+    assert all(r.ok for r in provider.apply([create(n, [ALICE, BOB][n % 2]) for n in range(8)]))
+    before = dict(google_calendar.stats)
+    # The snapshot is gone: every leave is a create again; HR edited leaves 0 and 1.
+    again = [create(n, [ALICE, BOB][n % 2], title="Away" if n < 2 else "Absent") for n in range(8)]
+    results = {r.change.event_key: r for r in provider.apply(again)}
+    assert all(r.ok and r.adopted for r in results.values())
+    assert google_calendar.stats["put_requests"] - before.get("put_requests", 0) == 2
+    assert google_calendar.stats["events_created"] == 8  # nothing created twice
+    for n in range(8):
+        [event] = live_of(google_calendar, [ALICE, BOB][n % 2], f"leave-{n}")
+        assert event["summary"] == ("Away" if n < 2 else "Absent")
+        assert results[f"leave-{n}"].provider_event_id == event["id"]
+
+
+def test_create_after_dates_changed_finds_the_event_at_its_old_dates(google_calendar, monkeypatch):
+    provider = make_provider(google_calendar, monkeypatch)
+    assert all(r.ok for r in provider.apply([create(n) for n in range(6)]))
+    # State lost, and HR moved every leave to September: more than PER_KEY_LIMIT keys in
+    # one calendar, so one list of every event with our tag, whatever its dates.
+    moved = [create(n, start="2025-09-01", end="2025-09-03") for n in range(6)]
+    assert all(r.ok and r.adopted for r in provider.apply(moved))
+    events = google_calendar.events(ALICE)
+    assert len(events) == 6 and {e["start"]["date"] for e in events} == {"2025-09-01"}
+
+
+def test_create_adopts_one_copy_and_deletes_the_others(google_calendar, monkeypatch):
+    provider = make_provider(google_calendar, monkeypatch)
+    [first] = provider.apply([create(3)])
+    copy = google_calendar.events(ALICE)[0]
+    google_calendar.put_event(
+        ALICE, dict(copy, id="copy0000000001", updated="2000-01-01T00:00:00Z")
+    )
+    mine = google_calendar.put_event(
+        ALICE,
+        {"summary": "Dentist", "start": {"date": "2025-07-02"}, "end": {"date": "2025-07-03"}},
+    )
+    [result] = provider.apply([create(3)])
+    assert result.ok and result.adopted and result.provider_event_id == first.provider_event_id
+    assert [e["id"] for e in live_of(google_calendar, ALICE, "leave-3")] == [
+        first.provider_event_id
+    ]
+    assert mine["id"] in {e["id"] for e in google_calendar.events(ALICE)}  # not ours: kept
+
+
+def test_a_409_never_resurrects_a_stale_generation_beside_a_live_one(google_calendar, monkeypatch):
+    provider = make_provider(google_calendar, monkeypatch)
+    google_calendar.keep_deleted_details = False  # deleted events: only their id is sure
+    assert all(r.ok for r in provider.apply([create(4)]))
+    assert all(r.ok for r in provider.apply([EventChange("delete", "leave-4", ALICE)]))
+    [back] = provider.apply([create(4, title="Back")])
+    assert back.ok and back.provider_event_id == event_id_for("leave-4", 1)
+    # The state is lost again, and the listing does not show generation 1 yet: the insert of
+    # generation 0 answers 409, its id is read (deleted: skipped, never restored), then
+    # generation 1 answers 409 and is ours and live: adopted.
+    google_calendar.hidden_from_list = {back.provider_event_id}
+    [again] = provider.apply([create(4, title="Back again")])
+    assert again.ok and again.provider_event_id == back.provider_event_id, again
+    assert google_calendar.stats["insert_conflicts"] == 3
+    [event] = live_of(google_calendar, ALICE, "leave-4")
+    assert event["summary"] == "Back again"
+    stored = {e["id"]: e["status"] for e in google_calendar.events(ALICE, include_cancelled=True)}
+    assert stored == {event_id_for("leave-4"): "cancelled", back.provider_event_id: "confirmed"}
+    assert google_calendar.stats["events_restored"] == 0
+
+
+def test_delete_of_a_stale_id_deletes_the_live_generation(google_calendar, monkeypatch):
+    provider = make_provider(google_calendar, monkeypatch)
+    provider.apply([create(5)]).__next__()
+    list(provider.apply([EventChange("delete", "leave-5", ALICE)]))
+    [back] = provider.apply([create(5)])
+    # An older snapshot still names generation 0 for this leave, which HR now cancels.
+    [deleted] = provider.apply(
+        [EventChange("delete", "leave-5", ALICE, provider_event_id=event_id_for("leave-5"))]
+    )
+    assert deleted.ok and back.provider_event_id != event_id_for("leave-5")
+    assert live_of(google_calendar, ALICE, "leave-5") == []
+
+
+def test_a_new_address_kept_as_alias_moves_the_event_once(google_calendar, monkeypatch):
+    # Carol is renamed Dora; the old address stays an alias of the same mailbox.
+    dora = "dora@example.com"
+    provider = make_provider(google_calendar, monkeypatch)
+    assert all(r.ok for r in provider.apply([create(6, CAROL)]))
+    google_calendar.users.add(dora)
+    google_calendar.calendars[dora] = google_calendar.calendars.pop(CAROL)
+    google_calendar.users.discard(CAROL)
+    google_calendar.aliases[CAROL] = dora
+    # The move: the delete half in an earlier call than the create half (base.py).
+    assert all(r.ok for r in provider.apply([EventChange("delete", "leave-6", CAROL)]))
+    [moved] = provider.apply([create(6, dora)])
+    assert moved.ok
+    assert len(live_of(google_calendar, dora, "leave-6")) == 1
+
+
+def test_a_new_address_whose_old_one_is_gone_moves_the_event_once(google_calendar, monkeypatch):
+    dora = "dora@example.com"
+    provider = make_provider(google_calendar, monkeypatch)
+    assert all(r.ok for r in provider.apply([create(6, CAROL)]))
+    google_calendar.users.add(dora)
+    google_calendar.users.discard(CAROL)  # the old mailbox is gone, and its events with it
+    [deleted] = provider.apply([EventChange("delete", "leave-6", CAROL)])
+    assert deleted.ok and not deleted.error
+    [moved] = provider.apply([create(6, dora)])
+    assert moved.ok and not moved.adopted
+    assert len(live_of(google_calendar, dora, "leave-6")) == 1
+
+
+def test_look_up_batches_several_users_per_request_and_costs_nothing_when_idle(
+    google_calendar, monkeypatch
+):
+    users = [f"user{i:03d}@example.com" for i in range(60)]
+    google_calendar.users.update(users)
+    provider = make_provider(google_calendar, monkeypatch)
+    changes = [create(n, users[n % 60]) for n in range(120)]
+    assert all(r.ok for r in provider.apply(changes))
+    stats = google_calendar.stats
+    assert stats["list_requests"] == 120  # two keys per calendar: one list per key
+    assert stats["multi_user_batches"] >= 3  # ... 50 of them per batch request
+    assert stats["max_batch_parts"] <= 50
+    lookup_requests = stats["batch_requests"] - 60  # one write batch per user
+    assert lookup_requests <= 3, lookup_requests
+    before = dict(stats)
+    assert list(provider.apply([])) == []
+    assert stats == before
+
+
+def test_writes_never_exceed_fifty_calls_per_batch(google_calendar, monkeypatch):
+    provider = make_provider(google_calendar, monkeypatch)
+    assert all(r.ok for r in provider.apply([create(n) for n in range(130)]))
+    assert google_calendar.stats["max_batch_parts"] == 50
+
+
+# -- configuration checks and TLS (#22) -----------------------------------------------------
+
+
+def test_preflight_names_the_key_variable(google_calendar, monkeypatch):
+    provider = make_provider(google_calendar, monkeypatch)
+    provider.preflight()
+    monkeypatch.delenv(ENV)
+    with pytest.raises(FatalProviderError, match=ENV):
+        GoogleCalendarProvider("workspace", provider.settings).preflight()
+    for bad in ("not json", json.dumps({"type": "authorized_user"})):
+        monkeypatch.setenv(ENV, bad)
+        fresh = GoogleCalendarProvider("workspace", provider.settings)
+        with pytest.raises(FatalProviderError, match=ENV):
+            fresh.preflight()
+    monkeypatch.setenv(ENV, json.dumps(dict(google_calendar.key_info, private_key="garbage")))
+    with pytest.raises(FatalProviderError, match="private key"):
+        GoogleCalendarProvider("workspace", provider.settings).preflight()
+    assert google_calendar.stats["http_requests"] == 0
+
+
+@pytest.mark.parametrize("problem", ["missing", "directory", "not-pem"])
+def test_a_bad_ca_bundle_is_fatal_at_once_and_never_retried(
+    google_calendar, monkeypatch, tmp_path, problem
+):
+    path = tmp_path / "ca.pem"
+    if problem == "directory":
+        path.mkdir()
+    elif problem == "not-pem":
+        path.write_text("hello")
+    provider = make_provider(google_calendar, monkeypatch, ca_bundle=str(path))
+    with pytest.raises(FatalProviderError, match="ca_bundle") as raised:
+        provider.preflight()
+    assert str(path) in str(raised.value)
+    with pytest.raises(FatalProviderError, match="ca_bundle"):
+        list(provider.apply([create(n) for n in range(20)]))
+    assert google_calendar.stats["http_requests"] == 0
+    assert not make_provider(google_calendar, monkeypatch, ca_bundle=str(path)).check(ALICE).ok
+
+
+def test_untrusted_certificate_is_fatal_names_the_host_and_ignores_ca_variables(
+    monkeypatch, tmp_path
+):
+    ca, cert, key = _test_ca(tmp_path)
+    info, public_key = make_service_account()
+    emulator = GoogleCalendarEmulator(
+        info["client_email"], public_key, {ALICE}, tls=(str(cert), str(key))
+    ).start()
+    emulator.key_info = info
+    try:
+        # One TLS policy for every provider: environment CA variables are honoured by none.
+        for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPLIB2_CA_CERTS"):
+            monkeypatch.setenv(var, str(ca))
+        provider = make_provider(emulator, monkeypatch, max_attempts=8, backoff_base_seconds=1)
+        host = emulator.base_url.split("//")[1].rstrip("/")
+        started = time.monotonic()
+        with pytest.raises(FatalProviderError, match="ca_bundle") as raised:
+            list(provider.apply([create(n) for n in range(10)]))
+        assert host in str(raised.value) and "not retried" in str(raised.value)
+        assert time.monotonic() - started < 1.0  # at once: no backoff, no retry
+        with pytest.raises(FatalProviderError, match=host):
+            list(provider.read_back([ALICE], dt.date(2025, 7, 1), dt.date(2025, 8, 1)))
+    finally:
+        emulator.stop()
+
+
+# -- the emulator's rules, as the reference states them (tests/emulators/README.md) ---------
+
+
+class RawClient:
+    """Plain HTTP to the emulator with a delegated token: requests our client never sends."""
+
+    def __init__(self, emulator: GoogleCalendarEmulator, user: str, lifetime: int = 3600) -> None:
+        self.emulator = emulator
+        now = int(time.time())
+        assertion = jwt.encode(
+            {
+                "iss": emulator.key_info["client_email"],
+                "sub": user,
+                "scope": SCOPE_EVENTS,
+                "aud": emulator.token_uri,
+                "iat": now,
+                "exp": now + lifetime,
+            },
+            emulator.key_info["private_key"],
+            algorithm="RS256",
+        )
+        form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
+        self.token_status, answer = self._send("POST", emulator.token_uri, form=form)
+        self.token = answer.get("access_token", "")
+
+    def _send(self, method, url, body=None, form=None, headers=None, raw=None):
+        data, head = None, dict(headers or {})
+        if form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            head["Content-Type"] = "application/x-www-form-urlencoded"
+        elif body is not None:
+            data = json.dumps(body).encode()
+            head["Content-Type"] = "application/json"
+        elif raw is not None:
+            data = raw
+        request = urllib.request.Request(url, data=data, method=method, headers=head)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                text = answer.read()
+                status = answer.status
+                content_type = answer.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as error:
+            text, status, content_type = error.read(), error.code, ""
+        if content_type.startswith("multipart"):
+            return status, {"raw": text.decode(), "content_type": content_type}
+        return status, json.loads(text) if text else {}
+
+    def call(self, method: str, path: str, body=None):
+        url = self.emulator.base_url.rstrip("/") + path
+        return self._send(method, url, body=body, headers={"Authorization": f"Bearer {self.token}"})
+
+    def batch(self, parts: list[str], content_type: str = "multipart/mixed; boundary=xyz"):
+        text = "".join(f"--xyz\r\n{p}\r\n" for p in parts) + "--xyz--\r\n"
+        return self._send(
+            "POST",
+            self.emulator.batch_uri,
+            raw=text.encode(),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
+        )
+
+
+def event_json(event_id: str | None = None, **fields) -> dict:
+    body = {
+        "summary": "Absent",
+        "start": {"dateTime": "2025-07-01T09:00:00", "timeZone": "Europe/Paris"},
+        "end": {"dateTime": "2025-07-01T12:00:00", "timeZone": "Europe/Paris"},
+    }
+    if event_id:
+        body["id"] = event_id
+    body.update(fields)
+    return body
+
+
+EVENTS = "/calendar/v3/calendars/primary/events"
+OOO = {"eventType": "outOfOffice", "outOfOfficeProperties": {}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"id": "UPPERCASE1"}, "invalid"),  # base32hex: a-v and 0-9 only
+        ({"id": "lvsw0000"}, "invalid"),
+        ({"id": "a1b2"}, "invalid"),  # 5 to 1024 characters
+        ({"id": "a" * 1025}, "invalid"),
+        ({"start": None}, "required"),
+        ({"end": {"date": "2025-07-02"}}, "invalid"),  # date with dateTime
+        (
+            {"end": {"dateTime": "2025-07-01T08:00:00", "timeZone": "Europe/Paris"}},
+            "timeRangeEmpty",
+        ),
+        ({"start": {"dateTime": "2025-07-01T09:00:00"}}, "invalid"),  # no offset, no zone
+        ({"start": {"dateTime": "2025-07-01T09:00:00", "timeZone": "Mars/Olympus"}}, "invalid"),
+        ({"status": "maybe"}, "invalid"),
+        ({"visibility": "secret"}, "invalid"),
+        ({"transparency": "busy"}, "invalid"),
+        ({"eventType": "fromGmail"}, "eventTypeRestriction"),
+        ({"eventType": "outOfOffice"}, "required"),  # outOfOfficeProperties
+        ({**OOO, "transparency": "transparent"}, "invalid"),
+        (
+            {**OOO, "start": {"date": "2025-07-01"}, "end": {"date": "2025-07-02"}},
+            "eventTypeRestriction",
+        ),
+        (
+            {
+                "reminders": {
+                    "useDefault": False,
+                    "overrides": [{"method": "popup", "minutes": 1}] * 6,
+                }
+            },
+            "invalid",
+        ),
+        ({"extendedProperties": {"private": {f"k{i}": "v" for i in range(301)}}}, "invalid"),
+    ],
+)
+def test_emulator_refuses_what_the_events_reference_refuses(google_calendar, fields, reason):
+    client = RawClient(google_calendar, ALICE)
+    body = event_json("lvs0000002", **fields)
+    body = {k: v for k, v in body.items() if v is not None}
+    status, answer = client.call("POST", EVENTS, body)
+    assert status == 400, answer
+    assert answer["error"]["errors"][0]["reason"] == reason
+    assert google_calendar.stats["events_created"] == 0
+
+
+def test_emulator_out_of_office_only_on_the_primary_calendar(google_calendar):
+    client = RawClient(google_calendar, ALICE)
+    status, answer = client.call(
+        "POST", f"/calendar/v3/calendars/{ALICE}/events", event_json(**OOO)
+    )
+    assert status == 400 and answer["error"]["errors"][0]["reason"] == "eventTypeRestriction"
+    assert client.call("POST", EVENTS, event_json(**OOO))[0] == 200
+
+
+def test_emulator_ids_deleted_events_and_restores(google_calendar):
+    client = RawClient(google_calendar, ALICE)
+    assert client.call("POST", EVENTS, event_json("lvs0000003"))[0] == 200
+    status, answer = client.call("POST", EVENTS, event_json("lvs0000003"))
+    assert status == 409 and answer["error"]["errors"][0]["reason"] == "duplicate"
+    assert client.call("DELETE", f"{EVENTS}/lvs0000003")[0] == 204
+    status, answer = client.call("DELETE", f"{EVENTS}/lvs0000003")
+    assert status == 410 and answer["error"]["errors"][0]["reason"] == "deleted"
+    # A deleted event keeps its id: inserting it again is still a duplicate ...
+    assert client.call("POST", EVENTS, event_json("lvs0000003"))[0] == 409
+    # ... get still returns it, cancelled, and an update restores it.
+    assert client.call("GET", f"{EVENTS}/lvs0000003")[1]["status"] == "cancelled"
+    status, answer = client.call("PUT", f"{EVENTS}/lvs0000003", event_json(status="confirmed"))
+    assert status == 200 and answer["status"] == "confirmed"
+    assert google_calendar.stats["events_restored"] == 1
+    assert client.call("PUT", f"{EVENTS}/lvs0000003", {"summary": "x"})[0] == 400  # start, end
+
+
+def test_emulator_extended_property_limits(google_calendar):
+    client = RawClient(google_calendar, ALICE)
+    props = {"k" * 45: "dropped", "long": "v" * 2000, "leavesync": "1"}
+    status, answer = client.call("POST", EVENTS, event_json(extendedProperties={"private": props}))
+    assert status == 200
+    private = answer["extendedProperties"]["private"]
+    assert "k" * 45 not in private and len(private["long"]) == 1024
+    # Repeated constraints match either of them (Extended properties guide: OR'ed).
+    query = "privateExtendedProperty=leavesync%3D1&privateExtendedProperty=leavesync%3D2"
+    assert len(client.call("GET", f"{EVENTS}?{query}")[1]["items"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("maxResults=0", "invalid"),
+        ("timeMin=2025-07-01T00:00:00", "invalid"),  # the offset is mandatory
+        ("timeMin=2025-07-02T00:00:00Z&timeMax=2025-07-01T00:00:00Z", "timeRangeEmpty"),
+        ("privateExtendedProperty=leavesync", "invalid"),
+        ("pageToken=nonsense", "invalid"),
+    ],
+)
+def test_emulator_list_parameters(google_calendar, query, reason):
+    status, answer = RawClient(google_calendar, ALICE).call("GET", f"{EVENTS}?{query}")
+    assert status == 400 and answer["error"]["errors"][0]["reason"] == reason
+
+
+def test_emulator_short_pages_are_followed(google_calendar, monkeypatch):
+    google_calendar.max_page_size = 7  # fewer than asked for is allowed (Events: list)
+    provider = make_provider(google_calendar, monkeypatch)
+    assert all(r.ok for r in provider.apply([create(n) for n in range(20)]))
+    google_calendar.stats.clear()
+    # State lost: the tag list of 20 events comes in three pages and all are adopted.
+    assert all(r.adopted for r in provider.apply([create(n) for n in range(20)]))
+    assert google_calendar.stats["list_requests"] == 3
+    remote = list(provider.read_back([ALICE], dt.date(2025, 6, 1), dt.date(2025, 8, 1)))
+    assert len(remote) == 20
+
+
+def _part(request_line: str, content_type: str = "application/http", cid: str = "<a+1>") -> str:
+    return f"Content-Type: {content_type}\r\nContent-ID: {cid}\r\n\r\n{request_line}\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("parts", "content_type"),
+    [
+        ([_part(f"GET https://example.com{EVENTS} HTTP/1.1")], None),  # full URL
+        ([_part(f"GET {EVENTS} HTTP/1.1", content_type="text/plain")], None),
+        ([_part("GET /drive/v3/files HTTP/1.1")], None),  # another API
+        ([_part(f"GET {EVENTS} HTTP/1.1")] * 1001, None),  # more than 1000 calls
+        ([_part(f"GET {EVENTS} HTTP/1.1")], "application/json"),
+    ],
+    ids=["full-url", "part-not-application-http", "other-api", "1001-calls", "not-multipart"],
+)
+def test_emulator_refuses_a_malformed_batch(google_calendar, parts, content_type):
+    client = RawClient(google_calendar, ALICE)
+    args = (parts, content_type) if content_type else (parts,)
+    status, _ = client.batch(*args)
+    assert status == 400
+    assert google_calendar.stats["api_requests"] == 0
+
+
+def test_emulator_batch_answers_in_order_with_content_ids(google_calendar):
+    client = RawClient(google_calendar, ALICE)
+    parts = [_part(f"GET {EVENTS}/lvs000000{i} HTTP/1.1", cid=f"<x+{i}>") for i in range(5)]
+    status, answer = client.batch(parts)
+    assert status == 200
+    ids = re.findall(r"Content-ID: <response-x\+(\d)>", answer["raw"])
+    assert ids == ["0", "1", "2", "3", "4"]
+
+
+def test_emulator_token_rules(google_calendar):
+    assert RawClient(google_calendar, ALICE).token_status == 200
+    assert RawClient(google_calendar, ALICE, lifetime=7200).token_status == 400  # > 1 hour
+    assert RawClient(google_calendar, "nobody@example.com").token_status == 400
+    status, answer = RawClient(google_calendar, ALICE).call(
+        "POST", f"{EVENTS}?sendUpdates=some", event_json()
+    )
+    assert status == 400
