@@ -32,8 +32,6 @@ HEARTBEAT_TAG = "leavesync/heartbeat"
 HEARTBEAT_SECONDS = 30.0
 # A run on another host whose heartbeat is older than this is taken for dead.
 STALE_AFTER_SECONDS = 600.0
-# How often a worker process looks whether the CLI that started it is still there.
-PARENT_POLL_SECONDS = 0.5
 
 _heartbeat_lock = threading.Lock()
 _heartbeat_started = False
@@ -197,19 +195,6 @@ def sweep(cfg: AppConfig, say: Callable[[str], None]) -> list[OrphanedRun]:
     for o in found:
         say(f"run {o.run_id} of {o.entity} marked failed: {o.reason}")
     return found
-
-
-def exit_with_parent() -> None:
-    """Worker-process initializer: exit at once when the CLI that started it dies."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_SECONDS)
-        # Its run stays STARTED with this pid, which is gone: the next CLI start fails it.
-        os._exit(70)
-
-    threading.Thread(target=watch, name="leavesync-parent-watch", daemon=True).start()
 
 
 def sweep_at_start(cfg: AppConfig) -> None:

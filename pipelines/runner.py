@@ -130,12 +130,8 @@ def run_job(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipelines.orphans import exit_with_parent
-
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=exit_with_parent
-    ) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = []
         for key, run_tags in requests:
             progress(f"{key}: {job_name} {date_from}..{date_to} (queued)")
