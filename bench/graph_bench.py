@@ -12,9 +12,12 @@ time of one mailbox with 2,000 events (a team calendar, a first sync), and what 
 costs: extra HTTP requests per 100 events on a first sync of 10,000 events (goal <= 3; the
 HTTP requests beyond one per 20 writes) and on a run with nothing to change (goal 0).
 
-The per-mailbox scenario uses a 5 s window (600 requests, 120/s): a full batch of 20 is
-then 3% of a window, as on the real service (20 of 10,000 per 10 minutes), where a 1 s
-window of 120 would make one batch a sixth of it.
+The limits (250 requests/s per app, 60/s per mailbox) stay well below what this 2-core
+machine pushes through the emulator unthrottled (the "raw" row), so the share measures the
+provider's pacing, not the machine. Windows are scaled down (10 s, 20 s) but stay long
+beside a batch's round trip, as on the real service (10,000 per 10 minutes per mailbox):
+the provider's budget holds 5% of a window as burst and paces the rest, so the best it
+can do is 0.95 of a limit; the first window of each run is left out of the share.
 """
 
 from __future__ import annotations
@@ -197,9 +200,9 @@ def main() -> None:
         # Unthrottled: what the provider and the emulator manage on this machine.
         _scenario("raw", 200, n(4000), None, None, 1.0, 0.0),
         # Many mailboxes, few leaves each (the nightly run): the per-app limit binds.
-        _scenario("per-app limit", 500, n(6000), 500, None, 1.0, 0.002),
+        _scenario("per-app limit", 500, n(6000), 2500, None, 10.0, 0.002),
         # Few mailboxes, many leaves each (an initial import): the per-mailbox limit binds.
-        _scenario("per-mailbox limit", 4, n(4000), None, 600, 5.0, 0.002),
+        _scenario("per-mailbox limit", 4, n(8000), None, 1200, 20.0, 0.002),
         # One mailbox with 2,000 events (a team calendar, a first sync): 4 requests at once.
         _scenario("one mailbox, 2,000 events", 1, n(2000), None, None, 1.0, 0.002),
     ]

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 from lxml import etree
@@ -1063,6 +1064,26 @@ def _check_calendar(fields: dict[str, etree._Element]) -> None:
         limit = start.replace(year=start.year + 5, day=28)
     if end > limit:
         raise ItemError("ErrorCalendarDurationIsTooLong", "The duration is longer than 5 years.")
+    if fields.get("IsAllDayEvent") is not None and fields["IsAllDayEvent"].text == "true":
+        _all_day_midnights(fields, start, end)
+
+
+def _all_day_midnights(
+    fields: dict[str, etree._Element], start: dt.datetime, end: dt.datetime
+) -> None:
+    """All-day events run midnight to midnight in the item's zone ("Create all-day events by
+    using EWS in Exchange"): a later start goes back to the midnight before, a later end on to
+    the midnight after."""
+    zone_elem = fields.get("StartTimeZone")
+    name = WINDOWS_TO_OLSON.get(zone_elem.get("Id", "UTC") if zone_elem is not None else "UTC")
+    zone = ZoneInfo(name or "UTC")
+    local_start, local_end = start.astimezone(zone), end.astimezone(zone)
+    first = dt.datetime.combine(local_start.date(), dt.time(0), zone)
+    last = dt.datetime.combine(local_end.date(), dt.time(0), zone)
+    if last < local_end:
+        last = dt.datetime.combine(local_end.date() + dt.timedelta(days=1), dt.time(0), zone)
+    for field_name, value in (("Start", first), ("End", last)):
+        fields[field_name] = _text_elem(_t(field_name), _utc_text(value.isoformat()))
 
 
 def _field_name(uri: str) -> str:
@@ -1122,7 +1143,7 @@ def _render_item(item: StoredItem, shape: etree._Element | None) -> etree._Eleme
     for name in sorted(item.fields, key=lambda n: _POSITION.get(n, len(_POSITION))):
         if wanted is None or name in wanted:
             elem.append(copy.deepcopy(item.fields[name]))
-    for key in extended if wanted is not None else list(item.extended):
+    for key in extended:  # never part of a base shape, only when asked for by name
         if key in item.extended:
             uri, value = item.extended[key]
             prop = etree.SubElement(elem, _t("ExtendedProperty"))

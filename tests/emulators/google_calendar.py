@@ -33,8 +33,18 @@ JWT_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SCOPE_CALENDAR = "https://www.googleapis.com/auth/calendar"
 SCOPE_EVENTS = "https://www.googleapis.com/auth/calendar.events"
 SCOPE_READONLY = "https://www.googleapis.com/auth/calendar.readonly"
-WRITE_SCOPES = {SCOPE_CALENDAR, SCOPE_EVENTS}
-READ_SCOPES = WRITE_SCOPES | {SCOPE_READONLY, SCOPE_EVENTS + ".readonly"}
+# The scopes each method accepts, from the discovery document (Events: insert, list).
+WRITE_SCOPES = {
+    SCOPE_CALENDAR,
+    SCOPE_EVENTS,
+    SCOPE_EVENTS + ".owned",
+    "https://www.googleapis.com/auth/calendar.app.created",
+}
+READ_SCOPES = WRITE_SCOPES | {
+    SCOPE_READONLY,
+    SCOPE_EVENTS + ".readonly",
+    SCOPE_EVENTS + ".owned.readonly",
+}
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 # "You're limited to 1000 calls in a single batch request" (Send batch requests). Our
 # client sends at most 50 (DESIGN.md); stats["max_batch_parts"] shows what it sent.
@@ -101,6 +111,7 @@ _REASONS = {
     404: "Not Found",
     409: "Conflict",
     410: "Gone",
+    412: "Precondition Failed",
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -349,7 +360,7 @@ class GoogleCalendarEmulator:
             rejected = self._quota_reply(user)
             if rejected is not None:
                 return rejected
-            reply = self._dispatch(method, target, user, scopes, body)
+            reply = self._dispatch(method, target, user, scopes, body, headers)
             if fault == "drop_after":
                 raise _Drop()
             return reply
@@ -374,7 +385,13 @@ class GoogleCalendarEmulator:
         return None
 
     def _dispatch(
-        self, method: str, target: str, user: str, scopes: frozenset[str], body: bytes
+        self,
+        method: str,
+        target: str,
+        user: str,
+        scopes: frozenset[str],
+        body: bytes,
+        headers: Any = None,
     ) -> _Reply:
         url = urllib.parse.urlsplit(target)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
@@ -413,6 +430,13 @@ class GoogleCalendarEmulator:
             self.stats["get_requests"] += 1
             # get "always returns" cancelled events too (Events resource, status).
             return _Reply(200, self._shown(event)) if event else _not_found()
+        if_match = headers.get("If-Match", "") if headers else ""
+        if method in ("PUT", "PATCH", "DELETE") and event is not None and if_match:
+            # Conditional modification (Get specific versions of resources): the write
+            # happens only if the event has not changed since that etag.
+            if if_match != event["etag"]:
+                self.stats["precondition_failed"] += 1
+                return api_error(412, "conditionNotMet", "Precondition Failed")
         if method == "DELETE":
             if event is None:
                 return _not_found()

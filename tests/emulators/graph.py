@@ -3,9 +3,13 @@
 Served over HTTPS on 127.0.0.1 with a throw-away certificate authority, so the real msal and
 requests stacks run against it unchanged. Built from the Microsoft Graph v1.0 reference
 (event resource, JSON batching, throttling guidance) and the Microsoft identity platform
-client-credentials flow. It enforces the Outlook limits (4 concurrent requests per mailbox,
-requests per window per mailbox and per app) at a configurable scale, counts what it saw,
-and injects faults (429 with Retry-After, 503, dropped connections, slow responses).
+client-credentials flow, at least as strict as the service: batches fully parallel or fully
+sequential (424 after a failure), Windows time zone names on writes, the documented filter
+forms, Deleted Items reachable by immutable id, transactionId remembered only briefly.
+It enforces the Outlook limits (4 concurrent requests per mailbox, requests per window per
+mailbox and per app) at a configurable scale, counts what it saw, and injects faults (429
+with Retry-After, 503, dropped connections, slow responses). Every rule, with its source
+and test: tests/emulators/README.md.
 
 Use ``GraphEmulator.start()`` as a context manager, or the ``graph_emulator`` fixture.
 """
@@ -54,6 +58,8 @@ ENUMS = {
 }
 # "Outlook extended properties overview": a named string property's id.
 PROPERTY_ID = re.compile(r"String \{[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\} Name \S+")
+# Where an event keeps its start and end instants (computed once, when written).
+_INSTANTS = "_instants"
 # Collections of a user's calendar events; none of them holds Deleted Items.
 LISTINGS = ("/events", "/calendar/events", "/calendarView", "/calendar/calendarView")
 
@@ -237,12 +243,12 @@ class GraphEmulator:
     def events(self, address: str) -> list[dict[str, Any]]:
         """All events of a mailbox, as stored (extended properties included)."""
         with self.lock:
-            return [dict(e) for e in self.mailbox(address).events.values()]
+            return [_stored(e) for e in self.mailbox(address).events.values()]
 
     def deleted_events(self, address: str) -> list[dict[str, Any]]:
         """The events in a mailbox's Deleted Items."""
         with self.lock:
-            return [dict(e) for e in self.mailbox(address).deleted.values()]
+            return [_stored(e) for e in self.mailbox(address).deleted.values()]
 
     def user_deletes(self, address: str, event_id: str) -> None:
         """The user deletes an event in Outlook: it moves to Deleted Items, its id still works."""
@@ -307,7 +313,7 @@ class GraphEmulator:
             return oauth_error(
                 400,
                 "unauthorized_client",
-                f"AADSTS7000016: Application with identifier '{form.get('client_id')}' was "
+                f"AADSTS700016: Application with identifier '{form.get('client_id')}' was "
                 "not found in the directory.",
             )
         # The emulator is the Graph resource at its own URL, as a sovereign cloud would be.
@@ -706,6 +712,7 @@ class GraphEmulator:
         if "start" not in new or "end" not in new:
             raise GraphError(400, "ErrorInvalidRequest", "start and end are required.")
         start, end = _instant(new["start"]), _instant(new["end"])
+        new[_INSTANTS] = (start, end)  # kept beside the event, never rendered
         if end < start:
             raise GraphError(400, "ErrorInvalidRequest", "The end is before the start.")
         if new["isAllDay"]:
@@ -734,53 +741,10 @@ class GraphEmulator:
         event.update(new)
 
     def _render(self, event: dict[str, Any], query: dict[str, str], prefer: str) -> dict[str, Any]:
-        out = {
-            k: v
-            for k, v in event.items()
-            if k not in ("singleValueExtendedProperties", "transactionId")
-            or (k == "transactionId" and v)  # returned only when the app set it
-        }
-        m = re.search(r'outlook\.timezone="([^"]+)"', prefer)
-        zone_name = m.group(1) if m else "UTC"
-        for side in ("start", "end"):
-            if event.get("isAllDay"):
-                # All-day events float: midnight in whatever zone the reader asks for.
-                local = _parse_local(event[side]["dateTime"])
-            else:
-                local = _instant(event[side]).astimezone(_zone(zone_name)).replace(tzinfo=None)
-            out[side] = {
-                "dateTime": local.strftime("%Y-%m-%dT%H:%M:%S.0000000"),
-                "timeZone": zone_name,
-            }
-        if 'outlook.body-content-type="html"' in prefer:
-            content = event["body"].get("content", "")
-            out["body"] = {"contentType": "html", "content": f"<html><body>{content}</body></html>"}
-        wanted = _expanded_properties(query.get("$expand"))
-        if wanted:
-            props = [
-                p
-                for p in event["singleValueExtendedProperties"]
-                if _property_key(p["id"]) in wanted
-            ]
-            if props:  # Graph omits the collection when nothing matches
-                out["singleValueExtendedProperties"] = props
-        select = query.get("$select")
-        if select:
-            fields = {f.strip() for f in select.split(",") if f.strip()}
-            unknown = fields - EVENT_PROPERTIES
-            if unknown:
-                raise GraphError(
-                    400,
-                    "BadRequest",
-                    f"Could not find a property named '{sorted(unknown)[0]}' on type "
-                    "'microsoft.graph.event'.",
-                )
-            keep = fields | {"id", "@odata.etag", "singleValueExtendedProperties"}
-            out = {k: v for k, v in out.items() if k in keep}
-        return out
+        return _View(query, prefer).render(event)
 
     def _list(self, box: Mailbox, rest: str, query: dict[str, str], prefer: str) -> dict[str, Any]:
-        events = sorted(box.events.values(), key=lambda e: (_instant(e["start"]), e["id"]))
+        events = sorted(box.events.values(), key=lambda e: (e[_INSTANTS][0], e["id"]))
         if rest.endswith("calendarView"):
             try:
                 lo = _parse_query_instant(query["startDateTime"])
@@ -792,7 +756,7 @@ class GraphEmulator:
                     "This request requires a time window specified by the query string "
                     "parameters StartDateTime and EndDateTime.",
                 ) from None
-            events = [e for e in events if _instant(e["start"]) < hi and _instant(e["end"]) > lo]
+            events = [e for e in events if e[_INSTANTS][0] < hi and e[_INSTANTS][1] > lo]
         flt = query.get("$filter")
         if flt:
             match = _property_filter(flt)
@@ -808,7 +772,8 @@ class GraphEmulator:
             raise GraphError(400, "BadRequest", "Invalid $top or $skip.")
         top = min(top, self.max_page_size)  # server-side paging beyond the page limit
         page = events[skip : skip + top]
-        out: dict[str, Any] = {"value": [self._render(e, query, prefer) for e in page]}
+        view = _View(query, prefer)
+        out: dict[str, Any] = {"value": [view.render(e) for e in page]}
         if skip + top < len(events):
             params = {k: v for k, v in query.items() if k != "$skip"}
             params["$skip"] = str(skip + top)
@@ -1027,7 +992,67 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
 
+class _View:
+    """How a GET asks events to be shown: time zone, body type, $expand, $select."""
+
+    def __init__(self, query: dict[str, str], prefer: str) -> None:
+        m = re.search(r'outlook\.timezone="([^"]+)"', prefer)
+        self.zone_name = m.group(1) if m else "UTC"
+        self.zone = _zone(self.zone_name)
+        self.html = 'outlook.body-content-type="html"' in prefer
+        self.wanted = _expanded_properties(query.get("$expand"))
+        self.keep: set[str] | None = None
+        select = query.get("$select")
+        if select:
+            fields = {f.strip() for f in select.split(",") if f.strip()}
+            unknown = fields - EVENT_PROPERTIES
+            if unknown:
+                raise GraphError(
+                    400,
+                    "BadRequest",
+                    f"Could not find a property named '{sorted(unknown)[0]}' on type "
+                    "'microsoft.graph.event'.",
+                )
+            self.keep = fields | {"id", "@odata.etag", "singleValueExtendedProperties"}
+
+    def render(self, event: dict[str, Any]) -> dict[str, Any]:
+        out = {
+            k: v
+            for k, v in event.items()
+            if k not in ("singleValueExtendedProperties", "transactionId", _INSTANTS)
+            or (k == "transactionId" and v)  # returned only when the app set it
+        }
+        for n, side in enumerate(("start", "end")):
+            if event.get("isAllDay"):
+                # All-day events float: midnight in whatever zone the reader asks for.
+                local = _parse_local(event[side]["dateTime"])
+            else:
+                local = event[_INSTANTS][n].astimezone(self.zone).replace(tzinfo=None)
+            out[side] = {
+                "dateTime": local.strftime("%Y-%m-%dT%H:%M:%S.0000000"),
+                "timeZone": self.zone_name,
+            }
+        if self.html:
+            content = event["body"].get("content", "")
+            out["body"] = {"contentType": "html", "content": f"<html><body>{content}</body></html>"}
+        if self.wanted:
+            props = [
+                p
+                for p in event["singleValueExtendedProperties"]
+                if _property_key(p["id"]) in self.wanted
+            ]
+            if props:  # Graph omits the collection when nothing matches
+                out["singleValueExtendedProperties"] = props
+        if self.keep is not None:
+            out = {k: v for k, v in out.items() if k in self.keep}
+        return out
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+def _stored(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k != _INSTANTS}
 
 
 def _now_iso() -> str:

@@ -179,4 +179,8 @@ def impersonation_advice(calendar: str, username: str, error: Exception) -> str:
         return f"no mailbox {calendar} on this Exchange server: use an existing employee mailbox"
     if isinstance(error, FatalProviderError):
         return str(error)
-    return f"could not read the calendar of {calendar} ({type(error).__name__})"
+    return (
+        f"could not read the calendar of {calendar} ({type(error).__name__}); if EWS is switched "
+        f"off for it: Set-CASMailbox {calendar} -EwsEnabled $true (and check "
+        "Get-OrganizationConfig | Format-List Ews*)"
+    )

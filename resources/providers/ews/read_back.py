@@ -7,12 +7,13 @@ import logging
 from collections.abc import Iterable, Iterator
 
 from exchangelib import Account, CalendarItem, Q
+from exchangelib import errors as ews_errors
 from exchangelib.ewsdatetime import UTC, EWSDateTime
 from exchangelib.folders import Calendar
 from exchangelib.items import ID_ONLY
 from exchangelib.restriction import Restriction
 
-from resources.providers.base import RemoteEvent
+from resources.providers.base import ProviderError, RemoteEvent
 from resources.providers.ews.bulk import PAGE_SIZE, FindItems, GetItems, chunks, kind_of
 from resources.providers.ews.connection import EwsConnection
 from resources.providers.ews.errors import GaveUp, ItemsPending, MailboxUnavailable
@@ -41,6 +42,13 @@ def read_back(
                 "target %s: cannot read %s back: %s", connection.target_name, calendar, error
             )
             continue
+        except ews_errors.EWSError as error:
+            # A definite refusal of our own request: the drift report must say the read failed,
+            # not find this calendar empty.
+            raise ProviderError(
+                f"target {connection.target_name}: reading {calendar} back failed "
+                f"({type(error).__name__}: {error})"
+            ) from None
         for item in items:
             payload = payload_of(item)
             if payload.start_date() < end and payload.end_date_exclusive() > start:

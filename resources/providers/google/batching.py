@@ -103,6 +103,7 @@ class Batcher:
     def events(self) -> Any:
         """The discovery client's events resource (the document ships with the library)."""
         with self._lock:
+            # Built once: each build makes a method per call in the discovery document.
             if self._service is None:
                 # static_discovery: nothing is fetched. This http only builds requests; each
                 # call runs on a user's authorised http.
@@ -115,8 +116,8 @@ class Batcher:
                     client_options={
                         "api_endpoint": self.settings.api_base_url.rstrip("/") + "/calendar/v3/"
                     },
-                )
-            return self._service.events()
+                ).events()
+            return self._service
 
     def user_limiter(self, user: str) -> RateLimiter:
         with self._lock:

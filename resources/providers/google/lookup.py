@@ -15,11 +15,12 @@ from resources.providers.google.settings import KEY_PROPERTY, TAG_PROPERTY, TAG_
 from resources.providers.google.signin import UserFailed
 
 log = logging.getLogger(__name__)
-# Up to this many keys to create in one calendar: one list per key. More: one list of every
-# event with our tag there (any date: a leave whose dates HR changed while our state was
-# lost still sits at its old dates). Either way one constraint per call: the reference
-# says repeated constraints are AND'ed, the Extended properties guide says OR'ed.
-PER_KEY_LIMIT = 3
+# One key to create in a calendar: one list of that key. More: one list of every event with
+# our tag there, whatever its dates (a leave whose dates HR changed while our state was
+# lost still sits at its old dates), which costs one call per 2,500 events. Either way one
+# constraint per call: Events: list says repeated ones are AND'ed, the Extended properties
+# guide says OR'ed.
+PER_KEY_LIMIT = 1
 PAGE_SIZE = 2500  # the largest page Google returns (Events: list)
 
 

@@ -7,7 +7,9 @@ the parts of a batch in any order. The calls an item may need:
   ours and live -> adopt it; deleted -> the next generation's id. Never resurrected.
 - ``update`` in place; an event type cannot change (Events reference), so a change of type
   is ``delete`` then ``insert`` of the next generation. 404 -> ``find`` by key.
-- ``delete``; already gone -> ``find`` by key, to delete any other live copy of ours.
+- ``delete``; already gone, or changed since (412) -> ``find`` by key and delete every live
+  event of ours with that key there: a delete means "no event for this leave in this
+  calendar", not "remove this one copy".
 - ``find``: list our events with the key, adopt one, delete further copies.
 """
 
@@ -52,6 +54,10 @@ class Item:
     then_insert: bool = False  # a delete that makes way for a new generation
     copy: bool = False  # a further copy of the key: deleted without a result of its own
     adopted: bool = False
+    # The snapshot's etag, sent as If-Match with the first update or delete: the event
+    # must not have changed since we wrote it (deleted by its owner, replaced by a later
+    # generation that an older snapshot does not know, edited).
+    if_match: str | None = None
     attempts: int = 0
     probes: int = 0
     error: str = ""
@@ -103,6 +109,8 @@ class UserWrites:
         """The first call of a change; a create brings what the look-up found for its key."""
         item = Item(change, "delete", out_of_office=self.wants_ooo(change))
         item.event_id = change.provider_event_id or event_id_for(change.event_key)
+        if change.provider_event_id and change.op != "create":
+            item.if_match = change.version
         if change.op == "create":
             item.purpose = "resolve"
             step = self.resolve(item, found or [])
@@ -208,6 +216,8 @@ class UserWrites:
                 call = events.update(
                     calendarId=calendar, eventId=item.event_id, body=body, sendUpdates="none"
                 )
+        if item.if_match and item.mode in ("update", "delete"):
+            call.headers["If-Match"] = item.if_match
         call.http = authorised
         return call
 
@@ -217,12 +227,14 @@ class UserWrites:
         if outcome.lost:
             item.error = outcome.lost
             return Step(retry=True, wait=self._delay(item, None))
+        conditional, item.if_match = item.if_match, None  # one conditional write only
         if outcome.error is None:
             return self._success(item, outcome.response or {})
         error = api_error(outcome.error)
         self.batcher.raise_if_fatal(error)
         item.error = error.text
         if error.retryable or error.usage_limit:
+            item.if_match = conditional
             pause = self.settings.usage_limit_pause_seconds if error.usage_limit else 0.0
             return Step(retry=True, wait=max(pause, self._delay(item, error.advised)))
         return self._refused(item, error)
@@ -247,6 +259,11 @@ class UserWrites:
 
     def _refused(self, item: Item, error: ApiError) -> Step:
         status = error.status
+        if status == 412:
+            # Changed since we wrote it: find what of ours is live now, by key.
+            plain_delete = item.mode == "delete" and not item.then_insert
+            item.mode, item.purpose = "find", "cleanup" if plain_delete else "resolve"
+            return Step()
         if item.mode == "insert" and status == 409:
             item.mode, item.purpose = "get", "probe"
             return Step()

@@ -85,6 +85,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.queues)
 
+    def hold(self, mailbox: str, until: float) -> None:
+        """Send nothing more to a mailbox before ``until`` (it was throttled)."""
+        self.mailbox_ready_at[mailbox] = max(self.mailbox_ready_at.get(mailbox, 0.0), until)
+
     def release(self, batch: Batch) -> None:
         self.held.subtract(batch.slots)
 

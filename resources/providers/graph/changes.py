@@ -5,9 +5,9 @@ in a few requests: with three keys or more, one listing of our events whose key 
 the keys' common prefix (a first sync finds nothing in one request); otherwise, or when the
 calendar holds many more of our events than we look for, one ``eq`` filter per key. An
 event found is adopted (updated only if it differs) and further copies of the key in that
-calendar are deleted. Updates are looked up too: an event the user deleted sits in Deleted
-Items, outside the calendar, where a PATCH by immutable id would still succeed unseen; not
-found in the calendar, it is created again (HR is the master).
+calendar are deleted. Updates are looked up too (ids only, a cheaper listing): an event the
+user deleted sits in Deleted Items, outside the calendar, where a PATCH by immutable id would
+still succeed unseen; not found in the calendar, it is created again (HR is the master).
 """
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ class Lookup:
     )
     outstanding: int = 0
     pages: int = 0
+    # Every field a comparison needs (a create may adopt), or ids only (updates, deletes).
+    full: bool = True
 
 
 @dataclass(eq=False)
@@ -124,7 +126,7 @@ class Run:
         self.futures: dict[Future, Batch] = {}
         self.results: collections.deque[ChangeResult] = collections.deque()
         self.denied: set[str] = set()
-        self.succeeded_mailboxes = 0
+        self.writes_succeeded = 0  # a look-up succeeds with read permission alone
         self.refreshed_token: str | None = None
         by_mailbox: dict[str, list[Task]] = collections.defaultdict(list)
         for change in changes:
@@ -154,19 +156,21 @@ class Run:
 
     def _look_up(self, mailbox: str, tasks: list[Task], not_before: float = 0.0) -> None:
         keys = {t.change.event_key for t in tasks}
-        lookup = Lookup(mailbox, tasks, keys)
+        full = any(t.change.op == "create" for t in tasks)
+        lookup = Lookup(mailbox, tasks, keys, full=full)
         prefix = _common_prefix(keys)
         if len(keys) >= LIST_FROM_KEYS and prefix:
             url = self.p.tags.lookup_url(
-                mailbox, self.p.tags.key_starts_with(prefix), LOOKUP_PAGE_SIZE
+                mailbox, self.p.tags.key_starts_with(prefix), LOOKUP_PAGE_SIZE, full
             )
             self._push_lookup(lookup, url, listing=True, not_before=not_before)
         else:
             for key in sorted(keys):
-                self._push_lookup(lookup, self._key_url(mailbox, key), not_before=not_before)
+                self._push_lookup(lookup, self._key_url(lookup, key), not_before=not_before)
 
-    def _key_url(self, mailbox: str, key: str) -> str:
-        return self.p.tags.lookup_url(mailbox, self.p.tags.key_equals(key), 10)
+    def _key_url(self, lookup: Lookup, key: str) -> str:
+        tags = self.p.tags
+        return tags.lookup_url(lookup.mailbox, tags.key_equals(key), 10, lookup.full)
 
     def _push_lookup(
         self, lookup: Lookup, url: str, listing: bool = False, not_before: float = 0.0
@@ -196,8 +200,12 @@ class Run:
                 if self.scheduler.has_work():
                     time.sleep(max(0.0, self.scheduler.wake_at(now) - now))
                 continue
+            # With every batch slot taken, only a batch coming back can change anything.
+            room = len(self.futures) < self.s.parallel_batches
             timeout = (
-                max(0.0, self.scheduler.wake_at(now) - now) if self.scheduler.has_work() else None
+                max(0.0, self.scheduler.wake_at(now) - now)
+                if room and self.scheduler.has_work()
+                else None
             )
             done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
@@ -281,6 +289,10 @@ class Run:
             if reply is not None and reply.status == 401:
                 self._reauthenticate(reply, token)
             unknown = reply is None or reply.status >= 500
+            if reply is not None and reply.status == 429:
+                # Throttled as a whole: nothing goes out before Retry-After.
+                wait_for = reply.retry_after() or self.p.client.backoff.delay(1)
+                self.scheduler.app_ready_at = max(self.scheduler.app_ready_at, now + wait_for)
             for work in batch.works:
                 work.last_error = reply.describe() if reply else type(outcome).__name__
                 retry.append((work, reply, unknown))
@@ -304,7 +316,7 @@ class Run:
             self.scheduler.push(work, front=True)
             return
         if status < 300:
-            self.succeeded_mailboxes += 1
+            self.writes_succeeded += work.kind != "lookup"
             body = reply.body if isinstance(reply.body, dict) else {}
             if work.kind == "lookup":
                 self._looked_up(work, body)
@@ -335,7 +347,7 @@ class Run:
             return
         if status == 403 or reply.code in DENIED_ERRORS:
             self.denied.add(work.mailbox)
-            if not self.succeeded_mailboxes and len(self.denied) >= min(3, self.total_mailboxes):
+            if not self.writes_succeeded and len(self.denied) >= min(3, self.total_mailboxes):
                 raise FatalProviderError(
                     f"Microsoft Graph denies the app access to every mailbox tried "
                     f"({', '.join(sorted(self.denied))}): {reply.describe()}. Grant the "
@@ -368,7 +380,7 @@ class Run:
             else:
                 # The calendar holds many more of our events than we look for: ask per key.
                 for key in sorted(lookup.keys):
-                    self._push_lookup(lookup, self._key_url(lookup.mailbox, key))
+                    self._push_lookup(lookup, self._key_url(lookup, key))
         elif next_link:
             self._push_lookup(lookup, self.p.client.relative(next_link))
         if lookup.outstanding == 0:
@@ -386,6 +398,19 @@ class Run:
                 self._push(Work(mailbox, "delete", task, event_id=event_id, main=n == 0))
             return
         assert change.event is not None
+        if change.op == "update":
+            # The change is a write anyway: keep the event the snapshot knows if it is still
+            # in the calendar, else the newest copy; delete the others.
+            keep = change.provider_event_id if change.provider_event_id in found else None
+            if keep is None and found:
+                keep = max(found, key=lambda i: _modified(found[i][0]))
+            self._delete_copies(task, found, keep)
+            if keep is None:  # deleted (or in Deleted Items): HR is the master
+                self._push(Work(mailbox, "create", task))
+            else:
+                adopted = keep != change.provider_event_id and not task.create_sent
+                self._push(Work(mailbox, "update", task, event_id=keep, adopted=adopted))
+            return
         diffs = {}
         for event_id, (event, zone) in found.items():
             try:
@@ -393,14 +418,12 @@ class Run:
                 diffs[event_id] = changed_fields(change.event, remote, self.p.compared_fields)
             except (KeyError, TypeError, ValueError):
                 diffs[event_id] = ["unreadable"]
-        keep = change.provider_event_id if change.provider_event_id in found else None
-        if keep is None and found:
+        keep = None
+        if found:
             same = [event_id for event_id, diff in diffs.items() if not diff]
             keep = same[0] if same else max(found, key=lambda i: _modified(found[i][0]))
-        for event_id in found:
-            if event_id != keep:
-                self._push(Work(mailbox, "delete", task, event_id=event_id, main=False))
-        adopted = keep is not None and not task.create_sent and keep != change.provider_event_id
+        self._delete_copies(task, found, keep)
+        adopted = keep is not None and not task.create_sent
         if keep is None:
             self._push(Work(mailbox, "create", task))
         elif diffs[keep]:
@@ -415,6 +438,13 @@ class Run:
                 adopted=adopted,
             )
             self._finish(task, result)
+
+    def _delete_copies(
+        self, task: Task, found: dict[str, tuple[dict[str, Any], str | None]], keep: str | None
+    ) -> None:
+        for event_id in found:
+            if event_id != keep:
+                self._push(Work(task.mailbox, "delete", task, event_id=event_id, main=False))
 
     # ----------------------------------------------------------------- outcomes
 
@@ -483,6 +513,9 @@ class Run:
             if hint is None and reply is not None:
                 hint = reply.retry_after()
             not_before = now + self.p.client.backoff.delay(work.attempt, hint)
+            if reply is not None and reply.status == 429:
+                # Its mailbox is over a limit: hold back its other requests as well.
+                self.scheduler.hold(work.mailbox, not_before)
             if unknown and work.kind == "create" and work.task is not None:
                 # The create may have landed: look for its key before trying again.
                 work.task.open_steps -= 1

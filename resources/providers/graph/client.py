@@ -72,7 +72,7 @@ def check_ca_bundle(ca_bundle: str | None) -> None:
         raise FatalProviderError(
             f"ca_bundle: the CA file {ca_bundle} does not exist; set ca_bundle to the PEM file "
             "of the certificate authority that signs the Microsoft endpoints (or remove it to "
-            "use the system trust store)"
+            "use the default CA bundle)"
         ) from None
     except PermissionError:
         raise FatalProviderError(
@@ -89,7 +89,7 @@ def certificate_problem(err: BaseException, url: str, ca_bundle: str | None) -> 
     host = urlsplit(url).hostname or url
     if isinstance(err, requests.exceptions.SSLError):
         reason = _ssl_reason(err)
-        trust = f"the CA file {ca_bundle}" if ca_bundle else "the system trust store"
+        trust = f"the CA file {ca_bundle}" if ca_bundle else "the default CA bundle (certifi)"
         return (
             f"TLS certificate of {host} is not trusted by {trust} ({reason}): set ca_bundle "
             "to the PEM file of the certificate authority that signs it (for example the one "

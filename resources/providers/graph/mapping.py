@@ -27,6 +27,8 @@ LOOKUP_SELECT = (
     "id,changeKey,lastModifiedDateTime,subject,body,start,end,isAllDay,showAs,sensitivity,"
     "categories,originalStartTimeZone"
 )
+# Enough to know where an event to update is, and which copy is the newest.
+LOOKUP_SELECT_IDS = "id,lastModifiedDateTime"
 # Read as UTC instants and plain text, whatever the mailbox's own settings say.
 READ_PREFER = 'IdType="ImmutableId", outlook.timezone="UTC", outlook.body-content-type="text"'
 WRITE_PREFER = 'IdType="ImmutableId"'
@@ -64,14 +66,16 @@ class Tags:
             f"and startswith(ep/value, '{_odata_string(prefix)}'))"
         )
 
-    def lookup_url(self, mailbox: str, filter_: str, top: int) -> str:
+    def lookup_url(self, mailbox: str, filter_: str, top: int, full: bool = True) -> str:
         """Relative URL listing our events in a mailbox's calendar that match ``filter_``.
 
         Through /calendar: an event the user deleted sits in Deleted Items, outside it.
+        ``full``: with every field a comparison needs, else ids only.
         """
+        select = LOOKUP_SELECT if full else LOOKUP_SELECT_IDS
         return (
             f"/users/{quote(mailbox, safe='@')}/calendar/events?$filter={quote(filter_)}"
-            f"&$select={LOOKUP_SELECT}&$expand={quote(self.expand())}&$top={top}"
+            f"&$select={select}&$expand={quote(self.expand())}&$top={top}"
         )
 
     def values(self, event: dict[str, Any]) -> tuple[str | None, str | None]:

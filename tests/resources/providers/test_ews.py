@@ -1046,14 +1046,17 @@ def test_an_unwritable_event_fails_alone(
         "leave-2", "2024-05-06T09:00:00", "2024-05-06T12:00:00", timezone="Mars/Olympus"
     )
     good = all_day("leave-3", "2024-05-06", "2024-05-07")
+    # ErrorCalendarDurationIsTooLong: Exchange refuses an item longer than 5 years.
+    too_long = all_day("leave-4", "2024-05-06", "2029-05-08")
     results = {
         r.change.event_key: r
-        for r in provider.apply([create(ALICE, e) for e in (backwards, no_zone, good)])
+        for r in provider.apply([create(ALICE, e) for e in (backwards, no_zone, good, too_long)])
     }
     assert results["leave-3"].ok and [
         i.extended_value(KEY_PROPERTY) for i in emulator.items(ALICE)
     ] == ["leave-3"]
-    for key in ("leave-1", "leave-2"):
+    assert emulator.count("CreateItem") == 1  # refused before any request, the others alone
+    for key in ("leave-1", "leave-2", "leave-4"):
         assert not results[key].ok and results[key].permanent and key in results[key].error
 
 
@@ -1241,6 +1244,16 @@ _UPDATE_ATTRS = 'ConflictResolution="{}" SendMeetingInvitationsOrCancellations="
         (
             create_xml(calendar_item_xml(before="<t:ReminderIsSet>yes</t:ReminderIsSet>")),
             {},
+            "fault:ErrorSchemaValidation",
+        ),
+        (
+            f"<m:GetFolder><m:FolderIds>{_CAL}</m:FolderIds></m:GetFolder>",
+            {},
+            "fault:ErrorSchemaValidation",
+        ),
+        (
+            '<m:ConvertId><m:SourceIds><t:AlternateId Id="A" Format="EwsId" Mailbox="a@b.c"/></m:SourceIds></m:ConvertId>',
+            {"mailbox": None},
             "fault:ErrorSchemaValidation",
         ),
         # Per item, in ResponseMessages
@@ -1458,3 +1471,17 @@ def test_exchange_2013_server_is_asked_its_version_and_refuses_newer_ones(
             "Exchange2015",
             "Exchange2013_SP1",
         }
+
+
+def test_emulator_moves_all_day_times_to_midnight_in_the_items_zone(emulator: EwsEmulator) -> None:
+    # "Create all-day events by using EWS in Exchange": a non-midnight start goes back to the
+    # midnight before, a non-midnight end on to the midnight after, in the item's time zone.
+    item = calendar_item_xml(
+        start="2024-06-06T13:00:00+02:00",
+        end="2024-06-07T10:00:00+02:00",
+        extended="",
+    ).replace("<t:StartTimeZone", "<t:IsAllDayEvent>true</t:IsAllDayEvent><t:StartTimeZone")
+    assert soap(emulator, create_xml(item))[1] == ["NoError"]
+    (stored,) = emulator.items(ALICE)
+    assert stored.text("Start") == "2024-06-05T22:00:00Z"  # 6 June, 00:00 in Paris
+    assert stored.text("End") == "2024-06-07T22:00:00Z"  # 8 June, 00:00 in Paris

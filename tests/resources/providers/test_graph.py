@@ -734,6 +734,9 @@ def test_mailbox_outside_the_access_policy_fails_alone(
 def test_permission_missing_everywhere_is_fatal(emu: GraphEmulator) -> None:
     emu.register_app(CLIENT_ID, SECRET, roles=("Calendars.Read",))
     p = GraphCalendarProvider("m365", settings(emu))
+    # The look-ups succeed (reading is allowed), every write is refused.
+    with pytest.raises(FatalProviderError, match="Calendars.ReadWrite.*admin consent"):
+        list(p.apply([create(i, f"p{i}@contoso.com") for i in range(5)]))
     deletes = [
         EventChange("delete", f"leave-{i}", f"p{i}@contoso.com", None, f"id{i}") for i in range(5)
     ]
@@ -881,8 +884,11 @@ def test_ca_bundle_setting_wins_over_the_environment(
 
 @pytest.mark.parametrize("trust", ["system store", "another CA"])
 def test_an_untrusted_certificate_is_fatal_at_once(
-    emu: GraphEmulator, tmp_path: Path, trust: str
+    emu: GraphEmulator, tmp_path: Path, trust: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The emulator's CA in the environment changes nothing: only ca_bundle is trusted.
+    for variable in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        monkeypatch.setenv(variable, str(emu.pki.ca_file))
     ca_bundle = None if trust == "system store" else str(make_test_pki(tmp_path / "other").ca_file)
     p = GraphCalendarProvider("m365", settings(emu, ca_bundle=ca_bundle, max_attempts=8))
     with pytest.raises(FatalProviderError) as err:
