@@ -5,14 +5,15 @@ from zoneinfo import ZoneInfo
 
 from dagster import RunRequest, ScheduleDefinition, ScheduleEvaluationContext, schedule
 
-from pipelines.partitions import ENTITY_DIMENSION, range_tags
+from pipelines.partitions import ENTITY_DIMENSION, first_partition, range_tags
 from resources.config import AppConfig
 
 RECONCILE_JOB = "reconcile"
 
 
 def nightly_window(cfg: AppConfig, today: dt.date) -> tuple[dt.date, dt.date]:
-    start = max(today - dt.timedelta(days=cfg.window.lookback_days), cfg.window.partitions_start)
+    """[today - lookback, today + horizon], not before the first partition."""
+    start = max(today - dt.timedelta(days=cfg.window.lookback_days), first_partition(cfg, today))
     return start, today + dt.timedelta(days=cfg.window.horizon_days)
 
 
@@ -23,7 +24,10 @@ def nightly_run_requests(
     return [
         RunRequest(
             run_key=f"{schedule_name}-{today.isoformat()}-{key}",
-            tags={**range_tags(key, date_from, date_to), "leavesync/trigger": schedule_name},
+            tags={
+                **range_tags(key, date_from, date_to, today),
+                "leavesync/trigger": schedule_name,
+            },
         )
         for key in sorted(entity_keys)
     ]
