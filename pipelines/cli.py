@@ -116,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return SETUP
+    from pipelines.orphans import sweep_at_start
+
+    sweep_at_start(cfg)  # runs left in progress by a process that died are marked failed
     handler = {
         "sync": cmd_sync,
         "drift": cmd_drift,

@@ -177,9 +177,11 @@ def run_job(
 
     from assets.leave_diff import ALLOW_MASS_DELETE_TAG
     from pipelines.definitions import PLAN_JOB, build_definitions
+    from pipelines.orphans import sweep
     from pipelines.partitions import range_tags
     from resources.scope import window_today
 
+    sweep(cfg, progress)  # a run left in progress by a dead process frees its entity first
     defs = build_definitions(cfg)
     resources = defs.resources
     known = preflight(cfg, resources, check_targets=job_name != PLAN_JOB)
@@ -307,6 +309,7 @@ def _execute(
     from assets.extract import HR_LEAVES
     from assets.leave_diff import LEAVE_DIFF, SAFETY_CHECK
     from pipelines.definitions import PLAN_JOB
+    from pipelines.orphans import owner_tags
 
     listener = None
     if on_change is not None:
@@ -320,7 +323,7 @@ def _execute(
     try:
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance,
-            tags=run_tags,
+            tags={**run_tags, **owner_tags()},  # whose process runs it (pipelines/orphans.py)
             raise_on_error=False,
             # The run's full event log is in the instance (and the UI); the terminal gets ours.
             run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
