@@ -105,6 +105,13 @@ class EventRules(_Model):
     midday: dt.time = dt.time(13, 0)
     workday_end: dt.time = dt.time(17, 30)
 
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: str) -> str:
+        # Calendars store categories as a list and give them back without the spaces around
+        # commas: written as "HR, Leave", read back as "HR,Leave", drift would flag every event.
+        return ",".join(c.strip() for c in value.split(",") if c.strip())
+
 
 class Serves(_Model):
     """Which employees a target serves; empty lists mean everyone."""
