@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from zoneinfo import ZoneInfo
 
+import email_validator
 import pandas as pd
 from email_validator import EmailNotValidError, validate_email
 
@@ -89,6 +90,12 @@ def _valid_zone(name: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "not a zone"
         return False
+
+
+# Active Directory forests often use a .local domain and on-premises Exchange mailboxes keep
+# it: email-validator refuses special-use names unless removed from its list (documented way).
+if "local" in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+    email_validator.SPECIAL_USE_DOMAIN_NAMES.remove("local")
 
 
 @cache

@@ -104,7 +104,7 @@ def preflight(cfg: AppConfig, resources: dict, check_targets: bool = True) -> li
         raise SetupError(_prefixed("HR database", _one_line(err), hr_setting)) from None
     state_setting = "state.url_env" if cfg.state.url_env else "state.url"
     try:
-        resources["state"].quarantine_for_run("preflight")
+        resources["state"].preflight()
     except Exception as err:  # noqa: BLE001 - likewise for the state store
         raise SetupError(_prefixed("state database", _one_line(err), state_setting)) from None
     return keys

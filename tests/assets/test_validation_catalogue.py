@@ -473,6 +473,19 @@ def test_malformed_email_says_what_is_wrong_with_it(home, hr, pipeline):
     assert not (home / "feeds").exists() or not any((home / "feeds").iterdir())
 
 
+def test_an_active_directory_local_domain_is_a_valid_address(home, hr, pipeline):
+    """On-premises Exchange mailboxes often keep their forest's .local domain."""
+    hr.employee(1, email="jane.doe@corp.local")
+    hr.employee(2, email="john@example.invalid")
+    good = hr.leave(1, DAY)
+    bad = hr.leave(2, DAY)
+
+    result, _ = pipeline.sync(scopes())
+
+    assert errors_of(result) == {(str(bad), EMAIL_MALFORMED)}
+    assert all_keys(home) == {f"leave-{good}"}
+
+
 def test_a_leave_without_start_date_is_extracted_by_every_range_and_quarantined(home, hr):
     hr.employee(1)
     lid = hr.leave(1, None, DAY)
