@@ -68,7 +68,7 @@ def build_definitions(cfg: AppConfig) -> Definitions:
             build_nightly_schedule(cfg, "nightly_reconciliation", RECONCILE_JOB, cfg.window.cron),
             build_nightly_schedule(cfg, "drift_report", DRIFT_JOB, cfg.window.drift_cron),
         ],
-        sensors=[build_entity_sensor(resources["hr"])],
+        sensors=[build_entity_sensor(resources["hr"], cfg.window.schedules_running)],
         resources=resources,
     )
 

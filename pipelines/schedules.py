@@ -3,9 +3,16 @@
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from dagster import RunRequest, ScheduleDefinition, ScheduleEvaluationContext, schedule
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    schedule,
+)
 
 from pipelines.partitions import ENTITY_DIMENSION, range_tags
+from pipelines.run_queue import entity_tags
 from resources.config import AppConfig
 
 RECONCILE_JOB = "reconcile"
@@ -23,7 +30,11 @@ def nightly_run_requests(
     return [
         RunRequest(
             run_key=f"{schedule_name}-{today.isoformat()}-{key}",
-            tags={**range_tags(key, date_from, date_to), "leavesync/trigger": schedule_name},
+            tags={
+                **range_tags(key, date_from, date_to),
+                **entity_tags([key]),
+                "leavesync/trigger": schedule_name,
+            },
         )
         for key in sorted(entity_keys)
     ]
@@ -39,6 +50,9 @@ def build_nightly_schedule(
         cron_schedule=cron,
         execution_timezone=cfg.window.timezone,
         job_name=job_name,
+        default_status=DefaultScheduleStatus.RUNNING
+        if cfg.window.schedules_running
+        else DefaultScheduleStatus.STOPPED,
         description=f"Runs {job_name} over the window for every legal entity, one run per entity.",
     )
     def _schedule(context: ScheduleEvaluationContext):

@@ -73,6 +73,11 @@ class WindowConfig(_Model):
     drift_cron: str = "0 5 * * *"
     timezone: str = "UTC"
     partitions_start: dt.date = dt.date(2024, 1, 1)
+    schedules_running: bool = Field(
+        default=True,
+        description="schedules and sensors start running when the daemon first sees them "
+        "(a stop or start in the UI is kept over this)",
+    )
 
     @field_validator("timezone")
     @classmethod
