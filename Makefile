@@ -9,15 +9,16 @@ export DAGSTER_HOME ?= $(LEAVESYNC_HOME)/dagster
 export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
 # Per-partition materializations of a range run stored in batches (PostgreSQL storage).
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
+export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo sync test ui lint format bench bench-smoke bench-providers services clean
+.PHONY: install demo sync test ui lint format bench bench-smoke bench-cli bench-providers services clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	touch $@
 
 demo: install  ## seed the embedded HR database and reconcile it into .ics feeds
@@ -33,7 +34,8 @@ test: install services  ## the whole test suite
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 ui: install  ## the Dagster UI (and daemon: schedule, sensor, backfills) on the demo's instance
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: install
@@ -49,6 +51,9 @@ bench: install services  ## the scale benchmark (BENCH_ARGS="--employees 50000 -
 
 bench-smoke: install  ## a seconds-long run of the scale benchmark, so it cannot rot
 	$(BIN)/python -m bench.scale --smoke
+
+bench-cli: install  ## a 25-leave sync, `leavesync entities` and `make demo`, timed as a user runs them
+	$(BIN)/python -m bench.cli_bench
 
 bench-providers: install  ## Google, Graph and EWS providers against their emulators
 	$(BIN)/python -m bench.google_bench

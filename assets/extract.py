@@ -11,7 +11,8 @@ from dagster import (
 )
 
 from resources.hr import HRDatabase
-from resources.scope import scopes_from_keys
+from resources.scope import run_scopes
+from resources.settings import LeavesyncSettings
 
 HR_LEAVES = "hr_leaves"
 PARTITION_COLUMN = "_partition"
@@ -36,8 +37,10 @@ def build_hr_leaves(partitions_def) -> AssetsDefinition:
         group_name="leavesync",
         description="Leaves of the run's legal entities and dates, one canonical row per leave.",
     )
-    def hr_leaves(context: AssetExecutionContext, hr: HRDatabase) -> Output[pd.DataFrame]:
-        scopes = scopes_from_keys(context.partition_keys)
+    def hr_leaves(
+        context: AssetExecutionContext, hr: HRDatabase, settings: LeavesyncSettings
+    ) -> Output[pd.DataFrame]:
+        scopes = run_scopes(context.partition_keys, context.run.tags, settings.app().window)
         for scope in scopes:
             context.log.info(f"extracting {scope.label()}")
         leaves = extract_scope(hr, scopes)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,16 @@ class ExpectationOutcome:
     event_keys: tuple[str, ...] = ()
     legal_entities: tuple[str, ...] = ()
     error: str | None = None
+    # Rows the expectation looked at (its row condition applied): the base of its percentage.
+    checked: int = 0
+
+    def percent(self) -> str:
+        """Share of checked rows that failed, or why there is none (never NaN)."""
+        if self.error:
+            return "not evaluated"
+        if not self.checked:
+            return "no rows to check"
+        return f"{100 * self.unexpected / self.checked:.1f}%"
 
     def message(self) -> str:
         where = f" (legal entities {', '.join(self.legal_entities)})" if self.legal_entities else ""
@@ -60,6 +69,8 @@ class SuiteResult:
     docs_url: str | None = None
     docs_index: str | None = None
     evaluated: int = 0
+    # Why the suite did not run (an empty diff proves nothing); None when it ran.
+    skipped: str | None = None
 
     @property
     def failures(self) -> list[ExpectationOutcome]:
@@ -208,6 +219,10 @@ def _expectations() -> list:
     return suite
 
 
+# One context and checkpoint per process and site: building them costs more than a small run.
+_CHECKPOINTS: dict[tuple[str, str], tuple[object, object]] = {}
+
+
 def _context(docs_dir: Path, results_dir: Path):
     """An ephemeral context whose only files are its validation results and the Data Docs site."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -218,30 +233,47 @@ def _context(docs_dir: Path, results_dir: Path):
         ProgressBarsConfig,
     )
 
+    # No GX Data Docs site: its pages load scripts and styles from public CDNs, blank on a
+    # network without internet. data_docs.py renders our own self-contained pages instead.
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),
-        data_docs_sites={
-            "leavesync": {
-                "class_name": "SiteBuilder",
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(docs_dir),
-                },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            }
-        },
     )
-    # Results on disk, so the site's index lists earlier runs too (pruned to `keep`).
-    config.stores["validation_results_store"] = {
-        "class_name": "ValidationResultsStore",
-        "store_backend": {
-            "class_name": "TupleFilesystemStoreBackend",
-            "base_directory": str(results_dir),
-        },
-    }
     return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _checkpoint(docs_dir: Path, results_dir: Path):
+    """This process's context and checkpoint for one Data Docs site, built on first use."""
+    key = (str(docs_dir), str(results_dir))
+    if key not in _CHECKPOINTS:
+        import great_expectations as gx
+
+        context = _context(docs_dir, results_dir)
+        batch = (
+            context.data_sources.add_pandas(ASSET_NAME)
+            .add_dataframe_asset(SUITE_NAME)
+            .add_batch_definition_whole_dataframe("whole diff")
+        )
+        suite = context.suites.add(
+            gx.ExpectationSuite(name=SUITE_NAME, expectations=_expectations())
+        )
+        validation = context.validation_definitions.add(
+            gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite)
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=SUITE_NAME,
+                validation_definitions=[validation],
+                actions=[],
+                result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False},
+            )
+        )
+        _CHECKPOINTS[key] = (context, checkpoint)
+    return _CHECKPOINTS[key]
+
+
+EMPTY_DIFF = "skipped: the diff is empty, so there is nothing to validate and nothing to apply"
 
 
 def validate_diff(
@@ -253,32 +285,18 @@ def validate_diff(
     run_name: str,
     keep: int = 100,
 ) -> SuiteResult:
-    """Run the suite once on a run's whole diff; write its Data Docs page and return the verdict."""
-    import great_expectations as gx
+    """Run the suite once on a run's whole diff; write its Data Docs page and return the verdict.
+
+    An empty diff is not validated (Great Expectations is not even imported): it passes.
+    """
+    if changes.empty:
+        return SuiteResult(success=True, skipped=EMPTY_DIFF)
     from great_expectations.core.run_identifier import RunIdentifier
 
+    from assets import data_docs
+
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    _prune(results_dir, docs_dir, keep - 1)
-    context = _context(docs_dir, results_dir)
-    batch = (
-        context.data_sources.add_pandas(ASSET_NAME)
-        .add_dataframe_asset(SUITE_NAME)
-        .add_batch_definition_whole_dataframe("whole diff")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME, expectations=_expectations()))
-    validation = context.validation_definitions.add(
-        gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite)
-    )
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name=SUITE_NAME,
-            validation_definitions=[validation],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-            result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False},
-        )
-    )
+    _context_unused, checkpoint = _checkpoint(docs_dir, results_dir)
     frame = diff_frame(changes)
     result = checkpoint.run(
         batch_parameters={"dataframe": frame},
@@ -288,17 +306,12 @@ def validate_diff(
         },
         run_id=RunIdentifier(run_name=run_name),
     )
-    identifier, run_result = next(iter(result.run_results.items()))
+    _identifier, run_result = next(iter(result.run_results.items()))
     outcomes = [_outcome(r, frame) for r in run_result.results]
-    urls = context.get_docs_sites_urls(resource_identifier=identifier)
-    index = context.get_docs_sites_urls()
-    return SuiteResult(
-        success=bool(result.success),
-        outcomes=outcomes,
-        docs_url=urls[0]["site_url"] if urls else None,
-        docs_index=index[0]["site_url"] if index else None,
-        evaluated=len(frame),
-    )
+    verdict = SuiteResult(success=bool(result.success), outcomes=outcomes, evaluated=len(frame))
+    page, index = data_docs.publish(verdict, run_name, docs_dir, results_dir, keep)
+    verdict.docs_url, verdict.docs_index = page.as_uri(), index.as_uri()
+    return verdict
 
 
 def _outcome(result, frame: pd.DataFrame) -> ExpectationOutcome:
@@ -316,21 +329,7 @@ def _outcome(result, frame: pd.DataFrame) -> ExpectationOutcome:
     keys = tuple(str(k) for k in hit["event_key"].head(SAMPLE))
     entities = tuple(sorted({str(e) for e in hit["legal_entity"].dropna()}))
     unexpected = int((result.result or {}).get("unexpected_count") or len(rows))
+    checked = int((result.result or {}).get("element_count") or 0)
     return ExpectationOutcome(
-        rule, description, bool(result.success), unexpected, keys, entities, error
+        rule, description, bool(result.success), unexpected, keys, entities, error, checked
     )
-
-
-def _prune(results_dir: Path, docs_dir: Path, keep: int) -> None:
-    """Drop the oldest validation results (and their pages) beyond the newest ``keep``."""
-    # Layout: <suite>/<run name>/<run time>/<batch>.json, mirrored as .html under validations/.
-    found = sorted(results_dir.glob("*/*/*/*.json"), key=lambda p: p.parent.name)
-    for path in found[: max(0, len(found) - max(keep, 0))]:
-        rel = path.relative_to(results_dir)
-        page = docs_dir / "validations" / rel.with_suffix(".html")
-        for item in (path, page):
-            item.unlink(missing_ok=True)
-        for base in (results_dir, docs_dir / "validations"):
-            run_dir = base / rel.parts[0] / rel.parts[1]
-            if run_dir.is_dir() and not any(run_dir.rglob("*.*")):
-                shutil.rmtree(run_dir, ignore_errors=True)

@@ -18,6 +18,16 @@ from dagster import (
 )
 
 from assets.diff import Diff, compute_diff
+from assets.entity_report import (
+    QUARANTINE_SHOWN,
+    latest_verdicts,
+    quarantine_rows,
+    quarantine_table,
+    record_verdicts,
+    verdict,
+    verdicts_table,
+    write_quarantine_csv,
+)
 from assets.extract import HR_LEAVES, PARTITION_COLUMN
 from assets.gx_suite import SuiteResult, validate_diff
 from assets.render import EVENT_COLUMNS, render_events
@@ -26,13 +36,14 @@ from assets.validation import BlastRadius, blast_radius, validate_rows
 from resources.config import AppConfig
 from resources.hr import HRDatabase, entity_partition_key
 from resources.providers.base import EVENT_KEY_PREFIX
-from resources.scope import EntityScope, scopes_from_keys
+from resources.scope import EntityScope, run_scopes
 from resources.settings import LeavesyncSettings
 from resources.state import SNAPSHOT_COLUMNS, StateStore
 
 LEAVE_DIFF = "leave_diff"
 SAFETY_CHECK = "diff_is_safe"
 ROWS_CHECK = "rows_are_valid"
+ENTITIES_CHECK = "every_entity_reconcilable"
 ALLOW_MASS_DELETE_TAG = "leavesync/allow_mass_delete"
 
 
@@ -183,7 +194,10 @@ def _safety_metadata(result: LeaveDiff) -> dict:
         "deletes": int((result.diff.changes["op"] == "delete").sum()),
         "by_partition": MetadataValue.json(_verdicts(result)),
     }
-    if result.suite is not None:
+    if result.suite is not None and result.suite.skipped:
+        meta["gx_suite_passed"] = True
+        meta["gx_suite_skipped"] = MetadataValue.text(result.suite.skipped)
+    elif result.suite is not None:
         meta["gx_suite_passed"] = result.suite.success
         meta["gx_suite"] = MetadataValue.md(markdown_table(result.suite.table()))
         if result.suite.docs_url:
@@ -260,6 +274,14 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
                 asset=LEAVE_DIFF,
                 description="Row rules on the extract: bad rows are quarantined, valid rows go on.",
             ),
+            AssetCheckSpec(
+                ENTITIES_CHECK,
+                asset=LEAVE_DIFF,
+                description=(
+                    "Each legal entity's latest verdict: fails while any entity's own latest "
+                    "run was blocked, until that entity's next run passes."
+                ),
+            ),
         ],
         description="What must change in each target: creates, updates, deletes, quarantined rows.",
     )
@@ -270,9 +292,10 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
         state: StateStore,
         settings: LeavesyncSettings,
     ):
-        scopes = scopes_from_keys(context.partition_keys)
+        cfg = settings.app()
+        scopes = run_scopes(context.partition_keys, context.run.tags, cfg.window)
         allow = context.run.tags.get(ALLOW_MASS_DELETE_TAG, "").lower() in ("1", "true", "yes")
-        result = plan(leaves, scopes, settings.app(), hr, state, allow, context.run.run_id)
+        result = plan(leaves, scopes, cfg, hr, state, allow, context.run.run_id)
         for entity_key, findings in result.quarantine.groupby(PARTITION_COLUMN):
             state.record_quarantine(context.run.run_id, str(entity_key), findings)
         summary = result.summary()
@@ -298,25 +321,72 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
             if len(result.quarantine)
             else result.quarantine
         )
+        rows = quarantine_rows(result.quarantine)
+        meta: dict = {
+            "quarantined_rows": int(errors["leave_id"].nunique()) if len(errors) else 0,
+            "legal_entities": MetadataValue.json([s.entity_key for s in scopes]),
+            "by_rule": MetadataValue.json(
+                result.quarantine.groupby("rule").size().astype(int).to_dict()
+                if len(result.quarantine)
+                else {}
+            ),
+            "quarantine": quarantine_table(rows),
+        }
+        for scope in scopes:
+            mine = result.quarantine[result.quarantine[PARTITION_COLUMN] == scope.entity_key]
+            path = write_quarantine_csv(quarantine_rows(mine), cfg.reports_dir(), scope.entity_key)
+            meta[f"quarantine_csv_{scope.entity_key}"] = MetadataValue.path(str(path))
         yield AssetCheckResult(
             check_name=ROWS_CHECK,
             passed=errors.empty,
             severity=AssetCheckSeverity.WARN,
-            metadata={
-                "quarantined_rows": int(errors["leave_id"].nunique()) if len(errors) else 0,
-                "by_rule": MetadataValue.json(
-                    result.quarantine.groupby("rule").size().astype(int).to_dict()
-                    if len(result.quarantine)
-                    else {}
-                ),
-                "quarantine": MetadataValue.md(
-                    markdown_table(
-                        result.quarantine[
-                            ["leave_id", "legal_entity", "start_date", "rule", "severity", "row"]
-                        ]
-                    )
-                ),
-            },
+            description=(
+                f"{meta['quarantined_rows']} leaves quarantined in "
+                + ", ".join(s.entity_key for s in scopes)
+                + (
+                    f" (showing {QUARANTINE_SHOWN} of {len(rows)})"
+                    if len(rows) > QUARANTINE_SHOWN
+                    else ""
+                )
+            ),
+            metadata=meta,
         )
+        yield _entities_check(context, result, errors)
 
     return leave_diff
+
+
+def _entities_check(context: AssetExecutionContext, result: LeaveDiff, errors: pd.DataFrame):
+    """Record this run's verdict per legal entity; judge on every entity's latest one."""
+    from resources.scope import ENTITY_DIMENSION
+
+    run_id = context.run.run_id
+    per_entity = _verdicts(result)
+    quarantined = (
+        errors.drop_duplicates("leave_id").groupby(PARTITION_COLUMN).size()
+        if len(errors)
+        else pd.Series(dtype=int)
+    )
+    mine = {
+        key: verdict(
+            "ok" if why == "ok" else "blocked",
+            run_id,
+            int(quarantined.get(key, 0)),
+            "" if why == "ok" else why,
+        )
+        for key, why in per_entity.items()
+    }
+    record_verdicts(context.instance, mine)
+    known = context.instance.get_dynamic_partitions(ENTITY_DIMENSION)
+    everyone = {**latest_verdicts(context.instance, sorted(set(known) | set(mine))), **mine}
+    blocked = sorted(k for k, v in everyone.items() if v.get("status") != "ok")
+    return AssetCheckResult(
+        check_name=ENTITIES_CHECK,
+        passed=not blocked,
+        severity=AssetCheckSeverity.ERROR,
+        description=("blocked: " + ", ".join(blocked)) if blocked else "every legal entity ok",
+        metadata={
+            "blocked": MetadataValue.json(blocked),
+            "legal_entities": verdicts_table(everyone),
+        },
+    )

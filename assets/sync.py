@@ -79,10 +79,16 @@ def apply_diff(
     state: StateStore,
     run_id: str,
     log: logging.Logger | None = None,
+    outcome: SyncOutcome | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> SyncOutcome:
-    """Apply every target's changes; each confirmed change reaches the snapshot, failures are kept."""
+    """Apply every target's changes; each confirmed change reaches the snapshot, failures are kept.
+
+    ``outcome`` collects what landed even if a target stops the run; ``on_progress`` gets
+    (target, changes done, changes planned) as they land.
+    """
     log = log or logging.getLogger(__name__)
-    outcome = SyncOutcome()
+    outcome = outcome if outcome is not None else SyncOutcome()
     changes = plan.diff.changes
     for target, frame in changes.groupby("target", sort=True):
         rows_by_key = {(r.op, r.event_key, r.calendar): r for r in frame.itertuples(index=False)}
@@ -119,10 +125,14 @@ def apply_diff(
                     state.record_changes(str(target), pending, run_id)
                     pending, last_flush = [], time.monotonic()
                     log.info(f"target {target}: {done}/{len(frame)} changes done")
+                    if on_progress:
+                        on_progress(str(target), done, len(frame))
         except FatalProviderError as err:
             state.record_changes(str(target), pending, run_id)
             raise Failure(description=f"target {target}: {err}") from err
         state.record_changes(str(target), pending, run_id)
+        if on_progress:
+            on_progress(str(target), done, len(frame))
     state.relocate(plan.diff.relocations)
     return outcome
 
@@ -184,20 +194,46 @@ def build_calendar_sync(partitions_def, target_names: list[str]) -> AssetsDefini
     ) -> MaterializeResult:
         if plan.refused:
             raise Failure(description="\n".join(r.message() for r in plan.refusals))
-        outcome = apply_diff(plan, settings.provider, state, context.run.run_id, context.log)
-        summary = sync_summary(plan, outcome)
-        for row in summary.itertuples(index=False):
-            context.log.info(
-                f"{row.legal_entity}: created {row.created}, updated {row.updated}, deleted "
-                f"{row.deleted}, unchanged {row.unchanged}, quarantined {row.quarantined}, failed {row.failed}"
+        outcome = SyncOutcome()
+        try:
+            apply_diff(
+                plan,
+                settings.provider,
+                state,
+                context.run.run_id,
+                context.log,
+                outcome=outcome,
+                on_progress=_report_progress,
             )
-        return MaterializeResult(
-            metadata={
-                "summary": MetadataValue.json(summary.to_dict("records")),
-                "summary_table": MetadataValue.md(markdown_table(summary)),
-                "failed": MetadataValue.md(markdown_table(pd.DataFrame(outcome.failed))),
-                "targets": MetadataValue.json(target_names),
-            }
-        )
+        except Failure as stop:
+            # What landed before the stop is in the snapshot; the CLI and the UI say so.
+            summary = sync_summary(plan, outcome)
+            raise Failure(
+                description=stop.description,
+                metadata=_sync_metadata(summary, outcome, target_names),
+            ) from stop
+        summary = sync_summary(plan, outcome)
+        return MaterializeResult(metadata=_sync_metadata(summary, outcome, target_names))
 
     return calendar_sync
+
+
+# Listeners of this process told of changes as they land (the CLI's live progress).
+PROGRESS_LISTENERS: list[Callable[[str, int, int], None]] = []
+
+
+def _report_progress(target: str, done: int, total: int) -> None:
+    for listener in PROGRESS_LISTENERS:
+        listener(target, done, total)
+
+
+def _sync_metadata(summary: pd.DataFrame, outcome: SyncOutcome, target_names: list[str]) -> dict:
+    failed = pd.DataFrame(
+        outcome.failed, columns=["target", "legal_entity", "event_key", "calendar", "op", "error"]
+    )
+    return {
+        "summary": MetadataValue.json(summary.to_dict("records")),
+        "summary_table": MetadataValue.md(markdown_table(summary)),
+        "failed": MetadataValue.md(markdown_table(failed.head(100))),
+        "targets": MetadataValue.json(target_names),
+    }

@@ -6,6 +6,8 @@ import argparse
 import datetime as dt
 import logging
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
 
 import pandas as pd
@@ -28,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--config",
             help="YAML configuration file (default: $LEAVESYNC_CONFIG, or the embedded defaults)",
+        )
+        sp.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also print Python and Dagster tracebacks (they are always in the run's log)",
         )
 
     def scope(sp: argparse.ArgumentParser) -> None:
@@ -95,14 +102,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Exit codes (README, "Exit codes").
+OK, NOT_RECONCILED, SETUP = 0, 1, 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The CLI's output is ours: Dagster's and GX's beta/preview notices stay out of it.
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
         print(err, file=sys.stderr)
-        return 2
+        return SETUP
     handler = {
         "sync": cmd_sync,
         "drift": cmd_drift,
@@ -113,39 +126,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler[args.command](cfg, args)
     except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+        print(f"configuration problem, nothing was written:\n{err}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return SETUP
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one paragraph, not a traceback (--verbose: both)
+        print(f"leavesync {args.command} stopped: {type(err).__name__}: {err}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        else:
+            print("(run again with --verbose for the traceback)", file=sys.stderr)
+        return NOT_RECONCILED
 
 
 def _window(cfg: AppConfig, args: argparse.Namespace) -> tuple[dt.date, dt.date]:
+    from pipelines.partitions import first_partition
     from pipelines.schedules import nightly_window
+    from resources.scope import window_today
 
-    start, end = nightly_window(cfg, dt.date.today())
+    today = window_today(cfg.window.timezone)
+    start, end = nightly_window(cfg, today)
     date_from, date_to = args.date_from or start, args.date_to or end
     if date_to < date_from:
         raise ConfigError(f"--to {date_to} is before --from {date_from}")
-    if date_from < cfg.window.partitions_start:
+    first = first_partition(cfg, today)
+    if date_from < first:
         raise ConfigError(
-            f"--from {date_from} is before the first partition {cfg.window.partitions_start} "
-            "(window.partitions_start)"
+            f"--from {date_from} is before the first partition, {first}: set "
+            f"window.partitions_start to {date_from.replace(day=1)} or earlier in the "
+            "configuration file to reach it"
         )
     return date_from, date_to
 
 
 def cmd_sync(cfg: AppConfig, args: argparse.Namespace) -> int:
+    from pipelines.progress import LiveProgress
     from pipelines.runner import reconcile
 
     date_from, date_to = _window(cfg, args)
-    runs = reconcile(
-        cfg,
-        args.entity or None,
-        date_from,
-        date_to,
-        dry_run=args.dry_run,
-        allow_mass_delete=args.allow_mass_delete,
-        progress=lambda m: print(m, flush=True),
-        workers=args.workers,
-    )
+    with LiveProgress(len(args.entity) or None) as live:
+        runs = reconcile(
+            cfg,
+            args.entity or None,
+            date_from,
+            date_to,
+            dry_run=args.dry_run,
+            allow_mass_delete=args.allow_mass_delete,
+            progress=live.line,
+            workers=args.workers,
+            on_change=live.change,
+            on_done=live.entity_done,
+            on_start=live.start,
+        )
     code = report(runs, dry_run=args.dry_run)
     print_quarantine(cfg, [r.run_id for r in runs])
     return code
@@ -183,41 +218,76 @@ def print_quarantine(cfg: AppConfig, run_ids: list[str], limit: int = 20) -> Non
         print("warnings (synced): " + ", ".join(f"{n} {rule}" for rule, n in counts.items()))
 
 
+SUMMARY_COLUMNS = (
+    "legal entity",
+    "status",
+    "created",
+    "updated",
+    "deleted",
+    "failed",
+    "not applied",
+    "unchanged",
+    "quarantined",
+)
+
+
+def summary_table(runs) -> pd.DataFrame:
+    """One row per legal entity's run, by its code: what was written, failed, not applied."""
+    rows = []
+    for run in runs:
+        counts = run.counts()
+        rows.append(
+            {
+                "legal entity": run.label or run.entity_key,
+                "status": run.status,
+                **{c: counts[c] for c in ("created", "updated", "deleted", "failed")},
+                "not applied": run.not_applied(),
+                "unchanged": counts["unchanged"],
+                "quarantined": counts["quarantined"],
+            }
+        )
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def exit_code(runs) -> int:
+    """0 only when every planned change of every selected legal entity landed."""
+    if not runs or all(r.entity_key == "_unassigned" for r in runs):
+        return NOT_RECONCILED
+    for run in runs:
+        counts = run.counts()
+        if (
+            run.status not in ("ok", "planned")
+            or counts["failed"]
+            or run.status == "ok"
+            and (run.not_applied())
+        ):
+            return NOT_RECONCILED
+    extracted = sum(r.extracted for r in runs)
+    quarantined = sum(r.counts()["quarantined"] for r in runs)
+    if extracted and quarantined >= extracted:
+        return NOT_RECONCILED
+    return OK
+
+
 def report(runs, dry_run: bool = False) -> int:
     """Print the per-entity summary (and the planned changes on a dry run); exit status."""
-    frames = []
-    for run in runs:
-        if run.summary is not None and len(run.summary):
-            frames.append(run.summary.assign(status=run.status))
-        else:
-            frames.append(pd.DataFrame([{"legal_entity": run.entity_key, "status": run.status}]))
-    table = pd.concat(frames, ignore_index=True).fillna(0)
-    cols = [
-        c
-        for c in (
-            "legal_entity",
-            "created",
-            "updated",
-            "deleted",
-            "unchanged",
-            "quarantined",
-            "failed",
-            "status",
+    table = summary_table(runs)
+    if dry_run:
+        title = "planned changes (dry run: nothing was written)"
+        table = table.drop(columns=["created", "updated", "deleted", "failed"]).rename(
+            columns={"not applied": "planned"}
         )
-        if c in table
-    ]
-    table = table[cols]
-    for c in cols[1:-1]:
-        table[c] = table[c].astype(int)
-    title = (
-        "planned changes (dry run: nothing was written)" if dry_run else "reconciliation summary"
-    )
-    print(f"\n{title}\n{table.to_string(index=False)}")
+    else:
+        title = (
+            "reconciliation summary (created, updated, deleted: written to the calendars; "
+            "not applied: planned but not written)"
+        )
+    print(f"\n{title}\n{table.to_string(index=False)}\n")
     if dry_run:
         for run in runs:
             if run.plan is not None and len(run.plan.diff.changes):
                 ch = run.plan.diff.changes
-                print(f"\n{run.entity_key}: {len(ch)} changes")
+                print(f"\n{run.label or run.entity_key}: {len(ch)} changes")
                 print(
                     ch[["op", "target", "event_key", "calendar", "start", "end", "title", "status"]]
                     .head(50)
@@ -227,21 +297,32 @@ def report(runs, dry_run: bool = False) -> int:
                     print(f"... and {len(ch) - 50} more")
     for run in runs:
         for msg in run.messages:
-            print(f"{run.entity_key}: {msg}")
-    changes = (
-        int(table[[c for c in ("created", "updated", "deleted") if c in table]].to_numpy().sum())
-        if len(table)
-        else 0
-    )
-    print(f"\n{'planned' if dry_run else 'total'} changes: {changes}")
-    bad = [r for r in runs if r.status != "ok"]
+            print(f"{run.label or run.entity_key}: {msg}")
+    if dry_run:
+        print(f"\nplanned changes: {sum(r.planned for r in runs)}")
+    else:
+        written = int(table[["created", "updated", "deleted"]].to_numpy().sum())
+        failed = int(table["failed"].sum())
+        not_applied = int(table["not applied"].sum())
+        line = f"\nwritten: {written} changes"
+        if failed or not_applied:
+            line += f"; failed: {failed}; not applied: {not_applied}"
+        print(line)
+    code = exit_code(runs)
+    bad = [r for r in runs if r.status not in ("ok", "planned")]
     if bad:
         print(
             "not reconciled: "
-            + ", ".join(f"{r.entity_key} ({r.status}, run {r.run_id})" for r in bad),
+            + ", ".join(f"{r.label or r.entity_key} ({r.status}, run {r.run_id})" for r in bad),
             file=sys.stderr,
         )
-    return 1 if bad else 0
+    elif code != OK:
+        print(
+            "not reconciled: "
+            + ("every extracted leave was quarantined" if runs else "no legal entity was run"),
+            file=sys.stderr,
+        )
+    return code
 
 
 def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
@@ -271,8 +352,21 @@ def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
         )
     else:
         print(f"demo HR database {path} already seeded (use --reseed to start over)")
-    date_from, date_to = nightly_window(cfg, dt.date.today())
-    runs = reconcile(cfg, None, date_from, date_to, progress=lambda m: print(m, flush=True))
+    from pipelines.progress import LiveProgress
+    from resources.scope import window_today
+
+    date_from, date_to = nightly_window(cfg, window_today(cfg.window.timezone))
+    with LiveProgress(None) as live:
+        runs = reconcile(
+            cfg,
+            None,
+            date_from,
+            date_to,
+            progress=live.line,
+            on_change=live.change,
+            on_done=live.entity_done,
+            on_start=live.start,
+        )
     code = report(runs)
     print_quarantine(cfg, [r.run_id for r in runs])
     print("\nreading the calendars back for the drift report")
@@ -394,13 +488,15 @@ def cmd_check(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_entities(cfg: AppConfig, args: argparse.Namespace) -> int:
+    # Only the HR resource and the instance: importing the asset graph would double the time.
     from dagster import DagsterInstance
 
-    from pipelines.definitions import build_resources
     from pipelines.runner import ensure_dagster_home, sync_entity_partitions
+    from resources.hr import HRDatabase
 
     ensure_dagster_home(cfg)
-    keys = sync_entity_partitions(DagsterInstance.get(), build_resources(cfg)["hr"])
+    hr = HRDatabase(url=cfg.hr_url_in_file(), url_env=cfg.hr.url_env, query=cfg.hr.query)
+    keys = sync_entity_partitions(DagsterInstance.get(), hr)
     print("\n".join(keys))
     return 0
 

@@ -12,7 +12,7 @@ from pipelines.io_manager import PartitionSetPickleIOManager
 from pipelines.partitions import leave_partitions
 from pipelines.schedules import RECONCILE_JOB, build_nightly_schedule
 from pipelines.sensors import build_entity_sensor
-from resources.config import AppConfig, load_config
+from resources.config import AppConfig
 from resources.hr import HRDatabase
 from resources.settings import LeavesyncSettings
 from resources.state import StateStore
@@ -71,6 +71,3 @@ def build_definitions(cfg: AppConfig) -> Definitions:
         sensors=[build_entity_sensor(resources["hr"], cfg.window.schedules_running)],
         resources=resources,
     )
-
-
-defs = build_definitions(load_config())

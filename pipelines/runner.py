@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,31 +16,59 @@ from resources.config import AppConfig, ConfigError
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
 
+UNASSIGNED_LABEL = "(unassigned)"
+COUNTS = ("created", "updated", "deleted", "failed", "unchanged", "quarantined")
+
+
+class SetupError(ConfigError):
+    """A target, the HR database or the state store cannot work: found before any write."""
+
 
 def ensure_dagster_home(cfg: AppConfig) -> Path:
     """Use $DAGSTER_HOME, or <LEAVESYNC_HOME>/dagster (the same one `make ui` opens)."""
     home = Path(os.environ.get("DAGSTER_HOME") or cfg.home() / "dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
-    (home / "dagster.yaml").touch(exist_ok=True)
-    # One "materialization planned" event per asset for a run over a partition range, instead
-    # of one per partition: it halves Dagster's own overhead per nightly run. (The cost:
-    # partitions of a failed run are not each marked failed; the run and its checks are.)
+    settings = home / "dagster.yaml"
+    if not settings.exists() or not settings.read_text().strip():
+        # The CLI's output is ours: no telemetry banner on the instance's first use.
+        settings.write_text("telemetry:\n  enabled: false\n")
+    # One "materialization planned" event per asset for a run over a partition range.
     os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
-    # Store a range run's per-partition materializations in batches (one INSERT per 1000 on
-    # PostgreSQL storage instead of one connection per event: 80 s -> 30 s for a nightly run).
+    # Store a range run's per-partition materializations in batches (PostgreSQL storage).
     os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
     return home
 
 
 @dataclass
 class EntityRun:
+    """What one legal entity's run did, as the CLI reports it."""
+
     entity_key: str
     run_id: str
-    status: str  # "ok", "blocked", "failed"
-    summary: pd.DataFrame | None = None
+    status: str  # "ok", "blocked", "failed", "planned" (dry run)
+    summary: pd.DataFrame | None = None  # per legal entity code the run touched
     plan: object | None = None
     messages: list[str] = field(default_factory=list)
+    label: str = ""  # the legal entity's code(s) in HR
+    planned: int = 0  # changes the diff asked for
+    extracted: int = 0  # leaves extracted
+
+    def counts(self) -> dict[str, int]:
+        """Written, failed, unchanged and quarantined, summed over the legal entities touched."""
+        frame = self.summary if self.summary is not None else pd.DataFrame()
+        out = {c: int(frame[c].sum()) if c in frame else 0 for c in COUNTS}
+        if self.status == "planned":
+            out["created"] = out["updated"] = out["deleted"] = 0
+        return out
+
+    def written(self) -> int:
+        c = self.counts()
+        return c["created"] + c["updated"] + c["deleted"]
+
+    def not_applied(self) -> int:
+        """Planned changes neither written nor failed (blocked, stopped, or a dry run)."""
+        return max(0, self.planned - self.written() - self.counts()["failed"])
 
 
 def sync_entity_partitions(instance, hr) -> list[str]:
@@ -53,6 +83,44 @@ def sync_entity_partitions(instance, hr) -> list[str]:
     return keys
 
 
+def preflight(cfg: AppConfig, resources: dict, check_targets: bool = True) -> list[str]:
+    """Every target's configuration, then the HR and state databases, once, before any run.
+
+    Returns HR's partition keys; raises SetupError naming what to fix.
+    """
+    from resources.providers.base import FatalProviderError
+
+    if check_targets:
+        settings = resources["settings"]
+        for target in cfg.targets:
+            try:
+                settings.provider(target.name).preflight()
+            except FatalProviderError as err:
+                raise SetupError(_prefixed(f"target {target.name}", str(err))) from None
+    hr_setting = "hr.url_env" if cfg.hr.url_env else "hr.url"
+    try:
+        keys = resources["hr"].partition_keys()
+    except Exception as err:  # noqa: BLE001 - any failure to read HR stops the sync here
+        raise SetupError(_prefixed("HR database", _one_line(err), hr_setting)) from None
+    state_setting = "state.url_env" if cfg.state.url_env else "state.url"
+    try:
+        resources["state"].quarantine_for_run("preflight")
+    except Exception as err:  # noqa: BLE001 - likewise for the state store
+        raise SetupError(_prefixed("state database", _one_line(err), state_setting)) from None
+    return keys
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _prefixed(prefix: str, message: str, setting: str | None = None) -> str:
+    """``prefix: message`` without doubling a prefix the message already has."""
+    body = message if message.lower().startswith(prefix.lower()) else f"{prefix}: {message}"
+    return f"{body} (check {setting})" if setting and setting not in body else body
+
+
 def reconcile(
     cfg: AppConfig,
     entity_keys: list[str] | None,
@@ -60,8 +128,11 @@ def reconcile(
     date_to: dt.date,
     dry_run: bool = False,
     allow_mass_delete: bool = False,
-    progress=print,
+    progress: Callable[[str], None] = print,
     workers: int = 1,
+    on_change: Callable[[str, str, int, int], None] | None = None,
+    on_done: Callable[[EntityRun], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> list[EntityRun]:
     """One reconciliation run (or plan run, for a dry run) per legal entity."""
     from pipelines.definitions import PLAN_JOB
@@ -76,6 +147,9 @@ def reconcile(
         allow_mass_delete=allow_mass_delete,
         progress=progress,
         workers=workers,
+        on_change=on_change,
+        on_done=on_done,
+        on_start=on_start,
     )
 
 
@@ -87,56 +161,119 @@ def run_job(
     date_to: dt.date,
     allow_mass_delete: bool = False,
     tags: dict[str, str] | None = None,
-    progress=print,
+    progress: Callable[[str], None] = print,
     workers: int = 1,
+    on_change: Callable[[str, str, int, int], None] | None = None,
+    on_done: Callable[[EntityRun], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> list[EntityRun]:
     """One Dagster run of ``job_name`` per legal entity over [date_from, date_to].
 
     ``workers`` > 1 runs that many entity runs at once, each in its own process.
+    ``on_change(entity, target, done, planned)`` hears changes land (this process's runs).
     """
     ensure_dagster_home(cfg)
     from dagster import DagsterInstance
 
     from assets.leave_diff import ALLOW_MASS_DELETE_TAG
-    from pipelines.definitions import build_definitions
+    from pipelines.definitions import PLAN_JOB, build_definitions
     from pipelines.partitions import range_tags
+    from resources.scope import window_today
 
     defs = build_definitions(cfg)
-    known = sync_entity_partitions(DagsterInstance.get(), defs.resources["hr"])
+    resources = defs.resources
+    known = preflight(cfg, resources, check_targets=job_name != PLAN_JOB)
+    sync_entity_partitions(DagsterInstance.get(), resources["hr"])
     keys = entity_keys or known
     unknown = [k for k in keys if k not in known]
     if unknown:
         raise ConfigError(
             f"unknown legal entity: {', '.join(unknown)} (HR knows: {', '.join(known)})"
         )
+    labels = _labels(resources["hr"], keys)
     requests = []
+    today = window_today(cfg.window.timezone)
     for key in keys:
         run_tags = {
-            **range_tags(key, date_from, date_to),
+            **range_tags(key, date_from, date_to, today),
             "leavesync/trigger": "cli",
             **(tags or {}),
         }
         if allow_mass_delete:
             run_tags[ALLOW_MASS_DELETE_TAG] = "true"
         requests.append((key, run_tags))
+    if on_start:
+        on_start(len(requests))
     if workers <= 1 or len(requests) <= 1:
         runs = []
         for key, run_tags in requests:
-            progress(f"{key}: {job_name} {date_from}..{date_to}")
-            runs.append(_execute(defs, job_name, key, run_tags))
+            progress(f"{labels[key]}: {job_name} {date_from}..{date_to}")
+            run = _execute(defs, job_name, key, run_tags, on_change, labels[key])
+            runs.append(_labelled([run], labels)[0])
+            if on_done:
+                on_done(run)
         return runs
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = []
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=_worker_context(), initializer=_die_with_parent
+    ) as pool:
+        futures = {}
         for key, run_tags in requests:
-            progress(f"{key}: {job_name} {date_from}..{date_to} (queued)")
-            futures.append(
-                pool.submit(_execute_in_worker, cfg.model_dump_json(), job_name, key, run_tags)
-            )
-        return [f.result() for f in futures]
+            future = pool.submit(_execute_in_worker, cfg.model_dump_json(), job_name, key, run_tags)
+            futures[future] = key
+        done: dict[str, EntityRun] = {}
+        for future in as_completed(futures):
+            run = _labelled([future.result()], labels)[0]
+            done[futures[future]] = run
+            progress(f"{run.label}: {job_name} {date_from}..{date_to}: {run.status}")
+            if on_done:
+                on_done(run)
+        return [done[k] for k, _ in requests]
+
+
+def _labels(hr, keys: list[str]) -> dict[str, str]:
+    """Each partition key's legal entity code(s) as HR spells them."""
+    from resources.hr import UNASSIGNED
+
+    codes = hr.legal_entities()
+    out = {}
+    for key in keys:
+        if key == UNASSIGNED:
+            out[key] = UNASSIGNED_LABEL
+            continue
+        from resources.hr import entity_partition_key
+
+        out[key] = ", ".join(c for c in codes if entity_partition_key(c) == key) or key
+    return out
+
+
+def _labelled(runs: list[EntityRun], labels: dict[str, str]) -> list[EntityRun]:
+    for run in runs:
+        run.label = labels.get(run.entity_key, run.entity_key)
+    return runs
+
+
+def _worker_context():
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")
+
+
+def _die_with_parent() -> None:
+    """A worker exits when the CLI that started it dies, even by kill -9 (Linux)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except OSError:  # not Linux: the pool's own shutdown is all there is
+        return
+    # The parent may have died between fork and prctl: then we are orphaned already.
+    if os.getppid() == 1:
+        os._exit(1)
 
 
 _WORKER_DEFS: dict[str, object] = {}
@@ -155,20 +292,42 @@ def _execute_in_worker(
     return _execute(_WORKER_DEFS[cfg_json], job_name, key, run_tags)
 
 
-def _execute(defs, job_name: str, key: str, run_tags: dict[str, str]) -> EntityRun:
+def _execute(
+    defs,
+    job_name: str,
+    key: str,
+    run_tags: dict[str, str],
+    on_change: Callable[[str, str, int, int], None] | None = None,
+    label: str = "",
+) -> EntityRun:
     """One run in this process; what the CLI reports of it."""
     from dagster import DagsterInstance
 
+    from assets import sync
+    from assets.extract import HR_LEAVES
     from assets.leave_diff import LEAVE_DIFF, SAFETY_CHECK
-    from assets.sync import CALENDAR_SYNC
+    from pipelines.definitions import PLAN_JOB
 
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=DagsterInstance.get(),
-        tags=run_tags,
-        raise_on_error=False,
-        # The run's full event log is in the instance (and the UI); the terminal gets warnings.
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
+    listener = None
+    if on_change is not None:
+
+        def listener(target: str, done: int, total: int) -> None:
+            on_change(label or key, target, done, total)
+
+        sync.PROGRESS_LISTENERS.append(listener)
+    instance = DagsterInstance.get()
+    _as_code_location_run(instance, job_name)
+    try:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance,
+            tags=run_tags,
+            raise_on_error=False,
+            # The run's full event log is in the instance (and the UI); the terminal gets ours.
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+        )
+    finally:
+        if listener is not None:
+            sync.PROGRESS_LISTENERS.remove(listener)
     run = EntityRun(key, result.run_id, "ok" if result.success else "failed")
     blocked = [
         ev
@@ -182,21 +341,96 @@ def _execute(defs, job_name: str, key: str, run_tags: dict[str, str]) -> EntityR
     except Exception:  # noqa: BLE001 - the step failed before producing its plan
         run.plan = None
     if run.plan is not None:
+        run.planned = len(run.plan.diff.changes)
         run.messages += [r.message() for r in run.plan.refusals]
         run.messages += [f"override: {r.message()}" for r in run.plan.overridden]
     for mat in result.get_asset_materialization_events():
-        if mat.asset_key.to_user_string() == CALENDAR_SYNC:
-            meta = mat.materialization.metadata.get("summary")
-            if meta is not None:
-                run.summary = pd.DataFrame(meta.value)
-            break
-    if run.summary is None and run.plan is not None:
-        run.summary = run.plan.summary().rename(
-            columns={"create": "created", "update": "updated", "delete": "deleted"}
-        )
+        name = mat.asset_key.to_user_string()
+        meta = mat.materialization.metadata
+        if name == HR_LEAVES and "rows" in meta:
+            run.extracted = int(meta["rows"].value)
+        if name == sync.CALENDAR_SYNC and run.summary is None and "summary" in meta:
+            run.summary = pd.DataFrame(meta["summary"].value)
     for ev in result.all_events:
-        if ev.is_failure and ev.event_specific_data is not None:
-            err = getattr(ev.event_specific_data, "error", None)
-            if err is not None and not blocked:
-                run.messages.append(err.message.strip().splitlines()[-1])
+        if not (ev.is_failure and ev.event_specific_data is not None):
+            continue
+        failure = getattr(ev.event_specific_data, "user_failure_data", None)
+        if failure is not None and run.summary is None and "summary" in failure.metadata:
+            run.summary = pd.DataFrame(failure.metadata["summary"].value)
+        err = getattr(ev.event_specific_data, "error", None)
+        if err is not None and not blocked:
+            message = _cause(err)
+            if message and message not in run.messages:
+                run.messages.append(message)
+    if run.summary is None and run.plan is not None:
+        # Nothing reached a calendar (blocked, stopped before applying, or a plan-only run):
+        # unchanged and quarantined as planned, nothing written.
+        run.summary = run.plan.summary().drop(columns=["create", "update", "delete"])
+        for col in ("created", "updated", "deleted", "failed"):
+            run.summary[col] = 0
+    if job_name == PLAN_JOB and run.status == "ok":
+        run.status = "planned"
     return run
+
+
+def _as_code_location_run(instance, job_name: str) -> None:
+    """Runs of this instance are recorded with the code location's origin, as the UI's and the
+    daemon's are: listed under their job and the location, re-executable from the UI.
+
+    execute_in_process keeps the CLI fast (no daemon, no code server); it has no parameter
+    for the origin, so this instance's run creation adds it.
+    """
+    import sys
+
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    module, root = "pipelines.location", str(Path(__file__).resolve().parents[1])
+    target = LoadableTargetOrigin(
+        executable_path=sys.executable, module_name=module, working_directory=root
+    )
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(target, "leavesync")
+    remote = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job_name)
+    python = JobPythonOrigin(
+        job_name, RepositoryPythonOrigin(sys.executable, ModuleCodePointer(module, "defs", root))
+    )
+    create = instance.create_run_for_job
+
+    def create_with_origin(**kwargs):
+        kwargs.setdefault("remote_job_origin", remote)
+        kwargs.setdefault("job_code_origin", python)
+        return create(**kwargs)
+
+    instance.create_run_for_job = create_with_origin
+
+
+def _undoubled(text: str) -> str:
+    """'target x: target x: why' -> 'target x: why' (a prefix added at two levels)."""
+    return re.sub(r"^((?:target|legal entity) [^:]+: )\1+", r"\1", text)
+
+
+def _cause(err) -> str:
+    """The innermost error's own message: what went wrong, not where Dagster caught it."""
+    while getattr(err, "cause", None) is not None and (
+        "Error occurred while" in err.message
+        or err.cls_name == "DagsterExecutionStepExecutionError"
+    ):
+        err = err.cause
+    text = (err.message or "").strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return err.cls_name or "error"
+    first = lines[0]
+    # Dagster prefixes a Failure's description with the exception's class name.
+    for prefix in ("dagster._core.definitions.events.Failure: ", "Failure: "):
+        first = first.removeprefix(prefix)
+    if err.cls_name not in ("Failure", None) and ":" not in first[:60]:
+        first = f"{err.cls_name}: {first}"
+    first = _undoubled(first)
+    return "\n".join([first, *lines[1:]]) if err.cls_name == "Failure" else first

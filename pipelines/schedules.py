@@ -11,7 +11,7 @@ from dagster import (
     schedule,
 )
 
-from pipelines.partitions import ENTITY_DIMENSION, range_tags
+from pipelines.partitions import ENTITY_DIMENSION, first_partition, range_tags
 from pipelines.run_queue import entity_tags
 from resources.config import AppConfig
 
@@ -19,7 +19,8 @@ RECONCILE_JOB = "reconcile"
 
 
 def nightly_window(cfg: AppConfig, today: dt.date) -> tuple[dt.date, dt.date]:
-    start = max(today - dt.timedelta(days=cfg.window.lookback_days), cfg.window.partitions_start)
+    """[today - lookback, today + horizon], not before the first partition."""
+    start = max(today - dt.timedelta(days=cfg.window.lookback_days), first_partition(cfg, today))
     return start, today + dt.timedelta(days=cfg.window.horizon_days)
 
 
@@ -31,7 +32,7 @@ def nightly_run_requests(
         RunRequest(
             run_key=f"{schedule_name}-{today.isoformat()}-{key}",
             tags={
-                **range_tags(key, date_from, date_to),
+                **range_tags(key, date_from, date_to, today),
                 **entity_tags([key]),
                 "leavesync/trigger": schedule_name,
             },

@@ -72,7 +72,10 @@ class WindowConfig(_Model):
     cron: str = "0 2 * * *"
     drift_cron: str = "0 5 * * *"
     timezone: str = "UTC"
-    partitions_start: dt.date = dt.date(2024, 1, 1)
+    partitions_start: dt.date | None = Field(
+        default=None,
+        description="first month partition (default: the month the lookback window starts in)",
+    )
     schedules_running: bool = Field(
         default=True,
         description="schedules and sensors start running when the daemon first sees them "

@@ -192,8 +192,58 @@ class HRDatabase(ConfigurableResource):
                 f"SELECT * FROM {self._source()} WHERE {where} AND src.legal_entity IN :codes"
             ).bindparams(sa.bindparam("codes", expanding=True))
             params["codes"] = wanted
-        raw = self._read(stmt, params, f"extract of {entity_key} {date_from}..{date_to}")
+        what = f"extract of {entity_key} {date_from}..{date_to}"
+        raw = self._read_arrow(stmt, params, what) if self._arrow() else None
+        if raw is None:
+            raw = self._read(stmt, params, what)
         return normalise_extract(raw)
+
+    # --- the extract through Arrow (PostgreSQL, ADBC): columnar, no Python row objects ------
+    def _arrow(self) -> bool:
+        if self.engine().dialect.name != "postgresql":
+            return False
+        try:
+            import adbc_driver_postgresql.dbapi  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def _read_arrow(
+        self, stmt: sa.TextClause, params: dict[str, object], what: str
+    ) -> pd.DataFrame | None:
+        """The rows through ADBC, or None where the SQLAlchemy path must do (a value it
+        cannot bind as a literal)."""
+        import adbc_driver_postgresql.dbapi as adbc
+
+        engine = self.engine()
+        typed = {k: v for k, v in params.items()}
+        try:
+            sql = str(
+                stmt.bindparams(
+                    *(
+                        sa.bindparam(k, type_=sa.Date)
+                        if isinstance(v, dt.date)
+                        else sa.bindparam(k, expanding=isinstance(v, list))
+                        for k, v in typed.items()
+                    )
+                )
+                .bindparams(**typed)
+                .compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+            )
+        except sa.exc.CompileError:
+            return None
+        uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            with adbc.connect(uri) as conn, conn.cursor() as cursor:
+                cursor.execute(sql)
+                table = cursor.fetch_arrow_table()
+        except adbc.Error as err:
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise HRExtractError(
+                f"HR database ({engine.url.render_as_string(hide_password=True)}): "
+                f"{what} failed: {detail}"
+            ) from err
+        return _arrow_frame(table)
 
     def leaves_by_id(self, leave_ids: Sequence[str]) -> pd.DataFrame:
         """Current rows of these leaves, wherever they are now (a leave that moved partition)."""
@@ -232,6 +282,17 @@ def _missing_table(reason: str) -> bool:
         "no such table" in low
         or ("relation" in low and "does not exist" in low)
         or ("table" in low and "doesn't exist" in low)
+    )
+
+
+def _arrow_frame(table) -> pd.DataFrame:
+    """An Arrow table as the frame the SQLAlchemy path gives: Python dates, times, integers."""
+    import pyarrow as pa
+
+    integers = {pa.int8(), pa.int16(), pa.int32(), pa.int64()}
+    return table.to_pandas(
+        date_as_object=True,
+        types_mapper=lambda t: pd.Int64Dtype() if t in integers else None,
     )
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import textwrap
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from assets import gx_suite
 from assets.diff import CHANGE_COLUMNS
 from assets.gx_suite import diff_frame, validate_diff
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def change(op: str, key: str, entity: str = "FR", **over) -> dict:
@@ -43,11 +51,42 @@ def test_a_sound_diff_passes_and_writes_its_data_docs_page(tmp_path):
     assert (tmp_path / "docs" / "index.html").is_file()
 
 
-def test_an_empty_diff_passes(tmp_path):
-    result = run(tmp_path, pd.DataFrame(columns=list(CHANGE_COLUMNS)))
+def test_an_empty_diff_passes_without_running_the_suite_or_importing_gx(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        import pandas as pd
+        from assets.diff import CHANGE_COLUMNS
+        from assets.gx_suite import validate_diff
+        base = Path({str(tmp_path)!r})
+        result = validate_diff(pd.DataFrame(columns=list(CHANGE_COLUMNS)), ["feeds"], [],
+                               base / "docs", base / "results", "run")
+        print(result.success, result.evaluated, result.outcomes, repr(result.skipped))
+        print("great_expectations" in sys.modules)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.splitlines()
 
-    assert result.success and result.evaluated == 0
-    assert all(o.error is None for o in result.outcomes)
+    assert out[0].startswith("True 0 [] 'skipped: the diff is empty")
+    assert out[1] == "False"
+    assert not (tmp_path / "docs").exists()
+
+
+def test_the_gx_context_is_built_once_per_process_and_site(tmp_path, monkeypatch):
+    built = []
+    real = gx_suite._context
+    monkeypatch.setattr(gx_suite, "_CHECKPOINTS", {})
+    monkeypatch.setattr(gx_suite, "_context", lambda *a: built.append(a) or real(*a))
+
+    first = run(tmp_path, diff(), name="run-1")
+    second = run(tmp_path, diff(change("create", "leave-8", status="maybe")), name="run-2")
+
+    assert len(built) == 1
+    assert first.success and [o.rule for o in second.failures] == ["status_known"]
+    assert first.docs_url != second.docs_url
 
 
 FAULTS = [
@@ -126,6 +165,46 @@ def test_only_the_newest_runs_are_kept_in_the_site(tmp_path):
     assert len(kept) == 2
     assert [Path(u.removeprefix("file://")).is_file() for u in pages] == [False, False, True, True]
     assert len(list((tmp_path / "results").rglob("*.json"))) == 2
+    index = (tmp_path / "docs" / "index.html").read_text(encoding="utf-8")
+    assert "run-3" in index and "run-2" in index and "run-1" not in index
+
+
+class _Page(HTMLParser):
+    """What a browser would show: text, and any resource the page would fetch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.fetches: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("script", "img", "iframe") or (tag == "link" and attrs.get("href")):
+            self.fetches.append(attrs.get("src") or attrs.get("href") or tag)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_data_docs_page_is_self_contained_escaped_and_has_true_percentages(tmp_path):
+    bad = change("create", "leave-<i>9</i>", status="maybe")
+
+    result = run(tmp_path, diff(bad))
+
+    page = Path(result.docs_url.removeprefix("file://")).read_text(encoding="utf-8")
+    parsed = _Page()
+    parsed.feed(page)
+    text = " ".join(parsed.text)
+    assert parsed.fetches == []  # nothing from the network: it renders offline
+    assert "the event key is leave-<leave id>" in text  # escaped, so the browser shows it
+    assert "<i>9</i>" not in page and "leave-&lt;i&gt;9&lt;/i&gt;" in page
+    assert "leave-<i>9</i>" in text
+    assert "NaN" not in text
+    # status_known looks at the 3 written rows (create, update, the bad create): 1 of 3.
+    assert "33.3%" in text
+    assert "no rows to check" not in text or "no_delete_of_quarantined" in text
+    index = (tmp_path / "docs" / "index.html").read_text(encoding="utf-8")
+    assert Path(result.docs_index.removeprefix("file://")).read_text(encoding="utf-8") == index
 
 
 def test_frame_given_to_gx_is_plain_objects_with_every_change_column():
@@ -134,3 +213,40 @@ def test_frame_given_to_gx_is_plain_objects_with_every_change_column():
     assert list(frame.columns) == list(CHANGE_COLUMNS)
     assert set(frame.dtypes.astype(str)) == {"object"}
     assert frame.loc[2, "fingerprint"] is None
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_data_docs_page_renders_in_chromium_with_the_network_off(tmp_path):
+    result = run(tmp_path, diff(change("create", "leave-9", status="maybe")))
+
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            # No network: every host is unresolvable and every proxy dead.
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--proxy-server=127.0.0.1:9",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            result.docs_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+    parsed = _Page()
+    parsed.feed(dom)
+    text = " ".join(parsed.text)
+    for outcome in result.outcomes:
+        assert outcome.description in text
+    assert "the event key is leave-<leave id>" in text and "33.3%" in text

@@ -648,7 +648,10 @@ def test_dagster_quarantine_is_stored_and_shown_and_valid_rows_are_synced(home, 
     assert json.loads(stored.iloc[0]["row"])["employee_email"] == "not-an-address"
     rows_check = check_evaluations(run.run_id)["rows_are_valid"]
     assert not rows_check.passed and rows_check.metadata["quarantined_rows"].value == 1
-    assert EMAIL_MALFORMED in rows_check.metadata["quarantine"].value
+    quarantined = rows_check.metadata["quarantine"].value.records
+    assert [(r.data["leave_id"], r.data["rule"]) for r in quarantined] == [
+        (str(bad), EMAIL_MALFORMED)
+    ]
     safety = check_evaluations(run.run_id)["diff_is_safe"]
     assert safety.passed and safety.metadata["gx_suite_passed"].value is True
     docs = safety.metadata["data_docs"].value

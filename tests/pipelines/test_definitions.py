@@ -7,8 +7,8 @@ import datetime as dt
 from dagster import AssetKey, DagsterInstance, build_schedule_context, build_sensor_context
 
 from pipelines.definitions import build_definitions
-from pipelines.partitions import ENTITY_DIMENSION, leave_partitions
-from resources.scope import scopes_from_keys
+from pipelines.partitions import ENTITY_DIMENSION, leave_partitions, range_tags
+from resources.scope import scopes_from_keys, window_today
 from tests.harness import make_config
 
 
@@ -34,15 +34,21 @@ def test_asset_graph_is_what_the_design_says(home, hr):
         )
 
 
-def test_date_partitions_reach_today_plus_horizon(home, hr):
-    cfg = make_config(home, hr.url, window={"horizon_days": 10, "timezone": "Europe/Paris"})
+def test_month_partitions_run_from_the_lookback_month_to_the_current_month(home, hr):
+    cfg = make_config(home, hr.url, window={"lookback_days": 40, "timezone": "Europe/Paris"})
     dates = leave_partitions(cfg).get_partitions_def_for_dimension("date")
-    today = (
-        dt.datetime.now(dt.UTC).astimezone(__import__("zoneinfo").ZoneInfo("Europe/Paris")).date()
-    )
+    today = window_today("Europe/Paris")
     keys = dates.get_partition_keys()
-    assert keys[-1] == (today + dt.timedelta(days=10)).isoformat()
-    assert keys[0] == cfg.window.partitions_start.isoformat()
+    assert keys[-1] == today.replace(day=1).isoformat()
+    assert keys[0] == (today - dt.timedelta(days=40)).replace(day=1).isoformat()
+    assert all(dt.date.fromisoformat(k).day == 1 for k in keys)
+    assert len(keys) in (2, 3)
+
+
+def test_partitions_start_is_configurable(home, hr):
+    cfg = make_config(home, hr.url, window={"partitions_start": "2025-02-17"})
+    keys = leave_partitions(cfg).get_partitions_def_for_dimension("date").get_partition_keys()
+    assert keys[0] == "2025-02-01"
 
 
 def test_nightly_schedule_launches_one_run_per_legal_entity_over_the_window(home, hr):
@@ -58,8 +64,12 @@ def test_nightly_schedule_launches_one_run_per_legal_entity_over_the_window(home
     assert len(requests) == 3
     starts = sorted(r.tags["dagster/asset_partition_range_start"] for r in requests)
     ends = sorted(r.tags["dagster/asset_partition_range_end"] for r in requests)
-    assert starts == ["2026-05-02|FR", "2026-05-02|US", "2026-05-02|_unassigned"]
-    assert ends == ["2027-06-01|FR", "2027-06-01|US", "2027-06-01|_unassigned"]
+    # The window's months: the lookback's month, and the current month holding the horizon.
+    assert starts == ["2026-05-01|FR", "2026-05-01|US", "2026-05-01|_unassigned"]
+    assert ends == ["2026-06-01|FR", "2026-06-01|US", "2026-06-01|_unassigned"]
+    assert {(r.tags["leavesync/date_from"], r.tags["leavesync/date_to"]) for r in requests} == {
+        ("2026-05-02", "2027-06-01")
+    }
     assert len({r.run_key for r in requests}) == 3
 
 
@@ -76,15 +86,43 @@ def test_sensor_adds_the_legal_entities_hr_knows(home, hr):
     assert sorted(added) == ["DE", "US", "_unassigned"]
 
 
-def test_scope_groups_multi_partition_keys_by_entity():
-    keys = ["2026-01-02|FR", "2026-01-01|FR", "2026-01-05|US"]
-    scopes = scopes_from_keys(keys)
-    assert [
+def _scopes(scopes):
+    return [
         (s.entity_key, s.date_from.isoformat(), s.date_to.isoformat(), len(s.dates)) for s in scopes
-    ] == [
-        ("FR", "2026-01-01", "2026-01-02", 2),
-        ("US", "2026-01-05", "2026-01-05", 1),
     ]
+
+
+def test_scope_groups_month_keys_by_entity():
+    keys = ["2026-02-01|FR", "2026-01-01|FR", "2026-04-01|US"]
+    assert _scopes(scopes_from_keys(keys)) == [
+        ("FR", "2026-01-01", "2026-02-28", 59),
+        ("US", "2026-04-01", "2026-04-30", 30),
+    ]
+
+
+def test_the_newest_month_holds_the_horizon_and_tags_give_day_precision():
+    keys = ["2026-05-01|FR", "2026-06-01|FR"]
+    newest, horizon_end = dt.date(2026, 6, 1), dt.date(2027, 6, 1)
+    (whole,) = scopes_from_keys(keys, newest, horizon_end)
+    assert (whole.date_from, whole.date_to) == (dt.date(2026, 5, 1), horizon_end)
+    tags = {"leavesync/date_from": "2026-05-02", "leavesync/date_to": "2026-08-15"}
+    (exact,) = scopes_from_keys(keys, newest, horizon_end, tags)
+    assert _scopes([exact]) == [("FR", "2026-05-02", "2026-08-15", 106)]
+    # A month that is not newest ends with its month, whatever the horizon.
+    (past,) = scopes_from_keys(["2026-05-01|FR"], newest, horizon_end)
+    assert past.date_to == dt.date(2026, 5, 31)
+
+
+def test_a_scope_of_months_apart_leaves_out_the_months_between():
+    (scope,) = scopes_from_keys(["2026-01-01|FR", "2026-03-01|FR"])
+    assert "2026-02-10" not in scope.dates and {"2026-01-31", "2026-03-01"} <= scope.dates
+
+
+def test_range_tags_select_the_months_of_the_dates_and_carry_the_dates():
+    tags = range_tags("FR", dt.date(2026, 3, 5), dt.date(2027, 2, 1), today=dt.date(2026, 6, 9))
+    assert tags["dagster/asset_partition_range_start"] == "2026-03-01|FR"
+    assert tags["dagster/asset_partition_range_end"] == "2026-06-01|FR"
+    assert (tags["leavesync/date_from"], tags["leavesync/date_to"]) == ("2026-03-05", "2027-02-01")
 
 
 def test_drift_report_has_its_own_job_and_schedule(home, hr):
