@@ -35,7 +35,7 @@ test: install services  ## the whole test suite
 
 ui: install  ## the Dagster UI (and daemon: schedule, sensor, backfills) on the demo's instance
 	mkdir -p $(DAGSTER_HOME)
-	test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -c 'import sys; from pathlib import Path; from pipelines.runner import ensure_instance_settings as e; e(Path(sys.argv[1]))' $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: install
