@@ -10,6 +10,7 @@ export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
 # Per-partition materializations of a range run stored in batches (PostgreSQL storage).
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 export GX_ANALYTICS_ENABLED ?= false
+UI_PORT ?= 3000
 
 .PHONY: install demo sync test ui lint format bench bench-smoke bench-cli bench-providers services clean
 
@@ -36,7 +37,7 @@ test: install services  ## the whole test suite
 ui: install  ## the Dagster UI (and daemon: schedule, sensor, backfills) on the demo's instance
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -c 'import sys; from pathlib import Path; from pipelines.runner import ensure_instance_settings as e; e(Path(sys.argv[1]))' $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 lint: install
 	$(BIN)/ruff check .

@@ -21,6 +21,7 @@ from dagster import (
 
 from assets.diff import CHANGE_COLUMNS, Diff
 from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, LeaveDiff, snapshot_in_scope
+from assets.links import report_link
 from assets.render import EVENT_COLUMNS
 from assets.sync import CALENDAR_SYNC, apply_diff
 from assets.tables import markdown_table
@@ -426,8 +427,8 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
                     markdown_table(report.findings.drop(columns=["detail"]), limit=100)
                 ),
                 "notes": MetadataValue.json(report.notes),
-                "report": MetadataValue.path(str(html)),
-                "plot": MetadataValue.path(str(png)),
+                "report": report_link(cfg, html),
+                "plot": report_link(cfg, png),
             }
         )
 

@@ -161,6 +161,11 @@ class ReportsConfig(_Model):
     data_docs_directory: str | None = Field(
         default=None, description="GX Data Docs site (default: <reports folder>/data_docs)"
     )
+    base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="http(s) URL where the reports folder is served; the UI links reports there",
+    )
     data_docs_keep: int = Field(
         default=100, ge=1, le=100_000, description="validation runs kept in the Data Docs site"
     )
