@@ -61,10 +61,11 @@ bench-smoke: install  ## a seconds-long run of the scale benchmark, so it cannot
 bench-cli: install  ## a 25-leave sync, `leavesync entities` and `make demo`, timed as a user runs them
 	$(BIN)/python -m bench.cli_bench
 
-bench-providers: install  ## Google, Graph and EWS providers against their emulators
+bench-providers: install  ## Google, Graph and EWS against their emulators, CalDAV against Radicale
 	$(BIN)/python -m bench.google_bench
 	$(BIN)/python -m bench.graph_bench
 	$(BIN)/python -m bench.ews_bench
+	$(BIN)/python -m bench.caldav_bench
 
 clean:
 	rm -rf $(VENV) .leavesync

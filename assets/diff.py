@@ -11,10 +11,13 @@ import pandas as pd
 from assets.render import EVENT_COLUMNS
 from resources.providers.base import FINGERPRINT_FIELDS
 
-OPS = ("create", "update", "delete")
+# A move is one change: the event leaves ``from_calendar`` (a new email, another team
+# calendar) for ``calendar``; calendar_sync deletes it there before it creates it here.
+OPS = ("create", "update", "delete", "move")
 CHANGE_COLUMNS: tuple[str, ...] = (
     "op",
     *EVENT_COLUMNS,
+    "from_calendar",
     "provider_event_id",
     "version",
 )
@@ -22,7 +25,11 @@ CHANGE_COLUMNS: tuple[str, ...] = (
 
 @dataclass
 class Diff:
-    """The plan for one run scope: changes to apply, snapshot-only relocations, unchanged count."""
+    """The plan for one run scope: changes to apply, snapshot-only relocations, unchanged count.
+
+    ``changes`` holds one row per (target, event key); a move carries the new calendar and
+    payload, ``from_calendar`` and the old calendar's provider id and version.
+    """
 
     changes: pd.DataFrame
     relocations: pd.DataFrame
@@ -51,7 +58,7 @@ def compute_diff(
     """Compare desired events with the snapshot rows in scope (plus rows of desired keys).
 
     ``protected_keys``: event keys of quarantined leaves; their exported events are left alone.
-    A leave whose event moved to another calendar is a delete there and a create here.
+    A leave whose event belongs in another calendar now is one move.
     """
     snap = snapshot[~snapshot["event_key"].isin(list(protected_keys))]
     parts: list[pd.DataFrame] = []
@@ -76,12 +83,14 @@ def compute_diff(
         )
         gone = np.ones(len(have), dtype=bool)
         gone[at] = False
-        gone_rows = have[gone]
         moved_from = have.iloc[at[moved_calendar]]
+        moves = _as_changes(both[moved_calendar], "move", moved_from)
+        moves["from_calendar"] = moved_from["calendar"].to_numpy()
         parts += [
-            _deletes(pd.concat([gone_rows, moved_from]) if len(moved_from) else gone_rows),
+            _deletes(have[gone]),
+            moves,
             _as_changes(both[changed], "update", have.iloc[at[changed]]),
-            _as_changes(pd.concat([want[~matched], both[moved_calendar]]), "create", None),
+            _as_changes(want[~matched], "create", None),
         ]
         relocations.append(
             both.loc[relocated, ["target", "event_key", "legal_entity", "partition_date"]]
@@ -95,7 +104,6 @@ def compute_diff(
             .assign(target=target)
         )
     parts = [p for p in parts if len(p)]
-    # Deletes first: a leave moving between calendars frees its key before it is recreated.
     changes = (
         pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(CHANGE_COLUMNS))
     )
@@ -129,6 +137,7 @@ def _as_changes(rows: pd.DataFrame, op: str, snapshot_rows: pd.DataFrame | None)
         return pd.DataFrame(columns=list(CHANGE_COLUMNS))
     out = rows[list(EVENT_COLUMNS)].copy()
     out.insert(0, "op", op)
+    out["from_calendar"] = None
     out["provider_event_id"] = (
         None if snapshot_rows is None else snapshot_rows["provider_event_id"].to_numpy()
     )
@@ -150,7 +159,7 @@ def _deletes(rows: pd.DataFrame) -> pd.DataFrame:
             "partition_date": rows["partition_date"],
         }
     )
-    for name in (*FINGERPRINT_FIELDS, "fingerprint"):
+    for name in (*FINGERPRINT_FIELDS, "fingerprint", "from_calendar"):
         out[name] = pd.NA if name == "fingerprint" else None
     out["provider_event_id"] = rows["provider_event_id"]
     out["version"] = rows["version"]

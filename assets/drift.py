@@ -20,17 +20,20 @@ from dagster import (
 )
 
 from assets.diff import CHANGE_COLUMNS, Diff
+from assets.drift_report import write_report
 from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, LeaveDiff, snapshot_in_scope
 from assets.links import report_link
-from assets.render import EVENT_COLUMNS
+from assets.render import EVENT_COLUMNS, served_by
 from assets.sync import CALENDAR_SYNC, apply_diff
 from assets.tables import markdown_table
-from assets.validation import blast_radius
-from resources.config import AppConfig
+from assets.validation import blast_radius, email_problem
+from resources.config import AppConfig, TargetConfig
 from resources.hr import HRDatabase
 from resources.providers.base import (
     CalendarProvider,
+    EventChange,
     EventPayload,
+    FatalProviderError,
     ProviderError,
     RemoteEvent,
     changed_fields,
@@ -67,7 +70,12 @@ class Place:
 
 @dataclass
 class TargetDrift:
-    """What one target's read-back shows: findings, and the changes that would repair them."""
+    """What one target's read-back shows: findings, and the changes that would repair them.
+
+    A repair with ``direct`` set deletes one copy of ours by its provider id and leaves the
+    snapshot alone (a duplicate, or an event the snapshot does not know); the others go
+    through calendar_sync's apply and update the snapshot.
+    """
 
     findings: list[dict] = field(default_factory=list)
     repairs: list[dict] = field(default_factory=list)
@@ -82,10 +90,11 @@ class TargetDrift:
                 "date": at.date,
                 "detail": detail,
                 "repair": repair["op"] if repair else "",
+                "_repair": len(self.repairs) if repair else -1,
             }
         )
         if repair:
-            self.repairs.append({**repair, "kind": kind})
+            self.repairs.append({"direct": False, **repair, "kind": kind})
 
 
 def _payload(row) -> EventPayload | None:
@@ -99,13 +108,20 @@ def _write(op: str, want, remote: RemoteEvent | None) -> dict:
     row = {c: getattr(want, c) for c in EVENT_COLUMNS}
     row.update(
         op=op,
+        from_calendar=None,
         provider_event_id=remote.provider_event_id if remote else None,
         version=remote.version if remote else None,
     )
     return row
 
 
-def _delete(at: Place, leave_id: str, provider_event_id: str | None, version: str | None) -> dict:
+def _delete(
+    at: Place,
+    leave_id: str,
+    provider_event_id: str | None,
+    version: str | None,
+    direct: bool = False,
+) -> dict:
     row: dict = {c: None for c in CHANGE_COLUMNS}
     row.update(
         op="delete",
@@ -117,20 +133,33 @@ def _delete(at: Place, leave_id: str, provider_event_id: str | None, version: st
         fingerprint=pd.NA,
         provider_event_id=provider_event_id,
         version=version,
+        direct=direct,
     )
     return row
 
 
-def _pick(group: list[RemoteEvent], snapshot_id: str | None):
-    """Our event among those carrying one key in one calendar, and the others (copies)."""
+def _copy_delete(at: Place, copy: RemoteEvent) -> dict:
+    return _delete(at, leave_id_of(at.event_key), copy.provider_event_id, copy.version, True)
+
+
+def _pick(
+    group: list[RemoteEvent], snapshot_id: str | None, want_fingerprint: int | None = None
+) -> tuple[RemoteEvent | None, list[RemoteEvent]]:
+    """The one event to keep among those carrying one key in one calendar, and the copies.
+
+    Every one of them is ours (our tag, our key), whoever made it twice. Kept: the one the
+    snapshot knows; else one already as HR wants it; else the newest (the last listed).
+    """
     if not group:
         return None, []
-    matches = [r for r in group if snapshot_id and r.provider_event_id == snapshot_id]
-    if len(matches) == 1:
-        return matches[0], [r for r in group if r is not matches[0]]
-    if len(group) == 1:
-        return group[0], []
-    return None, group  # several, none (or several) with our id: we cannot tell ours apart
+    kept = next((r for r in group if snapshot_id and r.provider_event_id == snapshot_id), None)
+    if kept is None and want_fingerprint is not None:
+        kept = next(
+            (r for r in reversed(group) if r.payload and r.payload.fingerprint == want_fingerprint),
+            None,
+        )
+    kept = kept or group[-1]
+    return kept, [r for r in group if r is not kept]
 
 
 def compare_target(
@@ -146,6 +175,7 @@ def compare_target(
 
     ``snapshot``/``desired``: this target's snapshot rows in scope and the events HR says it
     should hold; ``known_elsewhere``: (key, calendar) pairs the snapshot places outside scope.
+    Events of quarantined leaves (``protected``) are reported, never repaired.
     """
     out = TargetDrift()
     by_place: dict[tuple[str, str], list[RemoteEvent]] = defaultdict(list)
@@ -159,15 +189,11 @@ def compare_target(
         key, calendar = snap.event_key, snap.calendar
         at = Place(key, calendar, str(snap.legal_entity), str(snap.partition_date))
         group = by_place.pop((key, calendar), [])
-        ours, copies = _pick(group, snap.provider_event_id)
-        for copy in copies:
-            note = "is not ours (a user's copy?): reported, never deleted"
-            detail = f"{len(group)} events carry this key; {copy.provider_event_id} {note}"
-            out.add("duplicate", at, detail)
-        if group and ours is None:
-            continue  # reported as duplicates above: we cannot tell which one is ours
         want = wanted.get(key)
         want = want if want is not None and want.calendar == calendar else None
+        fp = int(want.fingerprint) if want is not None else None
+        ours, copies = _pick(group, snap.provider_event_id, fp)
+        _duplicates(out, at, group, copies, key in protected)
         written = _payload(snap)
         fields = []
         if ours is not None and written is not None and ours.payload is not None:
@@ -197,18 +223,30 @@ def compare_target(
             at = Place(key, calendar, str(want.legal_entity), str(want.partition_date))
         else:
             at = Place(key, calendar, entity_of.get(calendar, default_entity), _start(group[0]))
-        if len(group) > 1:
-            for _ in group:
-                out.add("duplicate", at, f"{len(group)} events carry this key, none in snapshot")
+        fp = int(want.fingerprint) if want is not None else None
+        kept, copies = _pick(group, None, fp)
+        _duplicates(out, at, group, copies, key in protected)
+        if key in protected:
+            out.add("orphan", at, "ours by tag, not in the snapshot; leave quarantined")
         elif want is not None:
             detail = "ours by tag, not in the snapshot: adopted with HR's version"
-            out.add("orphan", at, detail, _write("update", want, group[0]))
+            out.add("orphan", at, detail, _write("update", want, kept))
         else:
-            detail = "ours by tag, unknown to the snapshot and to HR"
-            event = group[0]
-            repair = _delete(at, leave_id_of(key), event.provider_event_id, event.version)
-            out.add("orphan", at, detail, repair)
+            detail = "ours by tag, unknown to the snapshot, and HR has no event for it here"
+            out.add("orphan", at, detail, _copy_delete(at, kept))
     return out
+
+
+def _duplicates(
+    out: TargetDrift, at: Place, group: list[RemoteEvent], copies: list[RemoteEvent], hold: bool
+) -> None:
+    """One finding per extra copy of our event; deleted unless its leave is quarantined."""
+    for copy in copies:
+        detail = f"{len(group)} events carry this key here; copy {copy.provider_event_id}"
+        if hold:
+            out.add("duplicate", at, detail + " (leave quarantined: not repaired)")
+        else:
+            out.add("duplicate", at, detail + " deleted", _copy_delete(at, copy))
 
 
 def _start(event: RemoteEvent) -> str:
@@ -244,6 +282,66 @@ class DriftReport:
         )
         table["repaired"] = f.groupby(["legal_entity", "date"])["repaired"].sum()
         return table.astype(int).reset_index().rename_axis(None, axis=1)
+
+
+def history_by_run(history: pd.DataFrame) -> pd.DataFrame:
+    """Drift counts per run (all targets and legal entities), one column per kind."""
+    if history.empty:
+        return pd.DataFrame(columns=["at", "run_id", *KINDS, "repaired"])
+    counts = history.pivot_table(
+        index=["at", "run_id"], columns="kind", values="count", aggfunc="sum", fill_value=0
+    ).reindex(columns=list(KINDS), fill_value=0)
+    counts["repaired"] = history.groupby(["at", "run_id"])["repaired"].sum()
+    return counts.astype(int).reset_index().rename_axis(None, axis=1).sort_values("at")
+
+
+def calendars_to_read(
+    target: TargetConfig,
+    snapshot: pd.DataFrame,
+    desired: pd.DataFrame,
+    codes: list[str],
+    hr: HRDatabase,
+    state: StateStore,
+) -> tuple[list[str], list[str], list[str]]:
+    """Calendars to read back: the snapshot's, HR's wanted ones and every one the registry
+    knows for these legal entities; plus, for entities never fully read back for this
+    target (a new or wiped state store), every employee HR knows there.
+
+    Returns (known calendars, HR employees' extra calendars, entities scanned by the latter).
+    """
+    known = set(snapshot["calendar"]) | set(desired["calendar"])
+    known |= set(state.registry_calendars(target.name, codes))
+    unscanned = sorted(set(codes) - state.scanned(target.name, codes))
+    extra: set[str] = set()
+    if unscanned:
+        emails = hr.employee_emails(unscanned)
+        served = emails[served_by(emails, target)] if len(emails) else emails
+        extra = {e for e in served["employee_email"] if email_problem(e) is None} - known
+    return sorted(known), sorted(extra), unscanned
+
+
+def _read_back(
+    provider: CalendarProvider,
+    known: list[str],
+    extra: list[str],
+    start: dt.date,
+    end: dt.date,
+    log: logging.Logger,
+) -> list[RemoteEvent]:
+    """Our events in these calendars. The HR scan's calendars are read one by one when a call
+    over all of them fails: an employee without a mailbox must not hide everyone else's."""
+    remote = list(provider.read_back(known, start, end)) if known else []
+    if not extra:
+        return remote
+    try:
+        return remote + list(provider.read_back(extra, start, end))
+    except (ProviderError, OSError, ValueError):
+        for calendar in extra:
+            try:
+                remote += list(provider.read_back([calendar], start, end))
+            except (ProviderError, OSError, ValueError) as err:
+                log.warning(f"{calendar}: not read back ({err})")
+        return remote
 
 
 def measure_drift(
@@ -283,38 +381,47 @@ def measure_drift(
     for target in cfg.targets:
         snapshot = in_scope[in_scope["target"] == target.name]
         desired = desired_all[desired_all["target"] == target.name]
-        calendars = sorted(set(snapshot["calendar"]) | set(desired["calendar"]))
         provider = provider_for(target.name)
         try:
-            remote = list(provider.read_back(calendars, start, end)) if calendars else []
+            known, scan, unscanned = calendars_to_read(
+                target, snapshot, desired, scope_codes, hr, state
+            )
+            remote = _read_back(provider, known, scan, start, end, log)
         except (ProviderError, OSError, ValueError) as err:
             errors.append(f"target {target.name}: reading back its events failed: {err}")
             log.error(errors[-1])
             continue
+        if unscanned:
+            state.mark_scanned(target.name, unscanned)
         keys = sorted({r.event_key for r in remote})
         elsewhere = state.snapshot_for_keys(keys) if keys else in_scope.iloc[0:0]
         elsewhere = elsewhere[elsewhere["target"] == target.name]
-        known = set(zip(elsewhere["event_key"], elsewhere["calendar"], strict=True))
-        known -= set(zip(snapshot["event_key"], snapshot["calendar"], strict=True))
-        fields = provider.compared_fields
+        placed = set(zip(elsewhere["event_key"], elsewhere["calendar"], strict=True))
+        placed -= set(zip(snapshot["event_key"], snapshot["calendar"], strict=True))
         drift = compare_target(
-            snapshot, desired, remote, known, plan.protected, fields, default_entity
+            snapshot,
+            desired,
+            remote,
+            placed,
+            plan.protected,
+            provider.compared_fields,
+            default_entity,
         )
         policy = policy_override or target.drift_policy
-        repairs = pd.DataFrame(drift.repairs, columns=[*CHANGE_COLUMNS, "kind"])
-        deletes = int((repairs["op"] == "delete").sum())
+        repairs = pd.DataFrame(drift.repairs, columns=[*CHANGE_COLUMNS, "direct", "kind"])
+        deletes = repairs["op"] == "delete"
         verdict = blast_radius(
             f"drift repair of target {target.name}",
             len(desired),
             len(set(snapshot["event_key"]) | set(keys)),
-            deletes,
+            int(deletes.sum()),
             cfg.safety,
         )
         if verdict and not allow_mass_delete:
             notes.append(verdict.message())
             log.error(verdict.message())
-            repairs = repairs[repairs["op"] != "delete"]
-        done: set[tuple[str, str]] = set()
+            repairs = repairs[~deletes]
+        done: set[int] = set()
         if policy == "repair" and not repairs.empty:
             done = _repair(target.name, repairs, provider_for, state, run_id, log)
         elif policy == "report" and not repairs.empty:
@@ -322,8 +429,8 @@ def measure_drift(
                 f"target {target.name}: drift_policy is report: {len(repairs)} not repaired"
             )
         for f in drift.findings:
-            ok = f["repair"] != "" and (f["event_key"], f["calendar"]) in done
-            findings.append({**f, "target": target.name, "repaired": ok})
+            row = {k: v for k, v in f.items() if k != "_repair"}
+            findings.append({**row, "target": target.name, "repaired": f["_repair"] in done})
     frame = pd.DataFrame(findings, columns=list(FINDING_COLUMNS))
     counts = _counts(findings, [t.name for t in cfg.targets], entities)
     state.record_drift(run_id, counts)
@@ -337,15 +444,70 @@ def _repair(
     state: StateStore,
     run_id: str,
     log: logging.Logger,
-) -> set[tuple[str, str]]:
-    """Apply repairs like calendar_sync does (snapshot updated change by change)."""
-    changes = repairs.drop(columns="kind").reset_index(drop=True)
-    changes["target"] = target
-    empty = pd.DataFrame(columns=["target", "event_key", "legal_entity", "partition_date"])
-    plan = LeaveDiff(Diff(changes, empty, pd.DataFrame()), pd.DataFrame())
-    outcome = apply_diff(plan, provider_for, state, run_id, log)
-    failed = {(f["event_key"], f["calendar"]) for f in outcome.failed}
-    return {(k, c) for k, c in zip(changes["event_key"], changes["calendar"], strict=True)} - failed
+) -> set[int]:
+    """Apply repairs; the positions (in the target's repair list) of those that landed.
+
+    Snapshot repairs go through calendar_sync's apply (snapshot, intent journal, registry
+    updated change by change); copies are deleted by their provider id, snapshot untouched.
+    """
+    done: set[int] = set()
+    direct = repairs[repairs["direct"].astype(bool)]
+    if len(direct):
+        done |= _delete_copies(target, direct, provider_for(target), state, run_id, log)
+    through = repairs[~repairs["direct"].astype(bool)]
+    if len(through):
+        changes = through.drop(columns=["kind", "direct"])
+        changes["target"] = target
+        empty = pd.DataFrame(columns=["target", "event_key", "legal_entity", "partition_date"])
+        plan = LeaveDiff(Diff(changes, empty, pd.DataFrame()), pd.DataFrame())
+        outcome = apply_diff(plan, provider_for, state, run_id, log)
+        failed = {(f["event_key"], f["calendar"]) for f in outcome.failed}
+        done |= {
+            i
+            for i, k, c in zip(
+                through.index, through["event_key"], through["calendar"], strict=True
+            )
+            if (k, c) not in failed
+        }
+    return done
+
+
+def _delete_copies(
+    target: str,
+    rows: pd.DataFrame,
+    provider: CalendarProvider,
+    state: StateStore,
+    run_id: str,
+    log: logging.Logger,
+) -> set[int]:
+    changes = [
+        EventChange(
+            op="delete",
+            event_key=r.event_key,
+            calendar=r.calendar,
+            provider_event_id=r.provider_event_id,
+            version=r.version,
+        )
+        for r in rows.itertuples(index=False)
+    ]
+    position = {
+        (c.event_key, c.calendar, c.provider_event_id): i
+        for c, i in zip(changes, rows.index, strict=True)
+    }
+    done = set()
+    try:
+        for result in provider.apply(changes):
+            c = result.change
+            if result.ok:
+                done.add(position[(c.event_key, c.calendar, c.provider_event_id)])
+            else:
+                state.record_failure(run_id, target, result)
+                log.warning(
+                    f"target {target}: deleting a copy of {c.event_key} failed: {result.error}"
+                )
+    except FatalProviderError as err:
+        raise Failure(description=f"target {target}: {err}") from err
+    return done
 
 
 def _counts(findings: list[dict], targets: list[str], entities: list[str]) -> pd.DataFrame:
@@ -389,8 +551,6 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
         state: StateStore,
         settings: LeavesyncSettings,
     ) -> MaterializeResult:
-        from assets.drift_report import write_report
-
         tags = context.run.tags
         override = (
             tags.get(DRIFT_POLICY_TAG)
@@ -410,8 +570,15 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
             allow,
             context.log,
         )
-        html, png = write_report(cfg.reports_dir(), state.drift_history(), report)
         summary = report.summary()
+        html, png = write_report(
+            cfg.reports_dir(),
+            history_by_run(state.drift_history()),
+            summary,
+            report.by_entity_and_date(),
+            report.findings,
+            [*report.errors, *report.notes],
+        )
         for row in summary.itertuples(index=False):
             context.log.info(
                 f"{row.legal_entity}: "

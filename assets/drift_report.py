@@ -9,39 +9,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from assets.drift import KINDS, DriftReport
-
 REPORT_NAME = "drift.html"
 PLOT_NAME = "drift.png"
 HISTORY_ROWS = 60
+# Columns of the per-run history that are not a kind of drift.
+_NOT_KINDS = ("at", "run_id", "repaired")
 
 
-def history_by_run(history: pd.DataFrame) -> pd.DataFrame:
-    """Drift counts per run (all targets and legal entities), one column per kind."""
-    if history.empty:
-        return pd.DataFrame(columns=["at", "run_id", *KINDS, "repaired"])
-    counts = history.pivot_table(
-        index=["at", "run_id"], columns="kind", values="count", aggfunc="sum", fill_value=0
-    ).reindex(columns=list(KINDS), fill_value=0)
-    counts["repaired"] = history.groupby(["at", "run_id"])["repaired"].sum()
-    return counts.astype(int).reset_index().rename_axis(None, axis=1).sort_values("at")
-
-
-def plot_history(history: pd.DataFrame, path: Path) -> Path:
-    """One line per kind of drift over the runs, written atomically as a PNG."""
+def plot_history(runs: pd.DataFrame, path: Path) -> Path:
+    """One line per kind of drift over the runs (one row per run), written atomically as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    runs = history_by_run(history)
+    kinds = [c for c in runs.columns if c not in _NOT_KINDS]
     fig, ax = plt.subplots(figsize=(9, 4), dpi=100)
     try:
-        for kind in KINDS:
+        for kind in kinds:
             ax.plot(pd.to_datetime(runs["at"]), runs[kind], marker="o", markersize=3, label=kind)
         ax.set_title("Calendar drift per run (all targets and legal entities)")
         ax.set_ylabel("events")
-        ax.set_ylim(bottom=0, top=max(1, int(runs[list(KINDS)].to_numpy().max(initial=0))) * 1.1)
+        ax.set_ylim(bottom=0, top=max(1, int(runs[kinds].to_numpy().max(initial=0))) * 1.1)
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.legend(loc="upper left", fontsize="small")
         ax.grid(alpha=0.3)
@@ -57,11 +46,18 @@ def plot_history(history: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def render_html(report: DriftReport, history: pd.DataFrame, plot_name: str) -> str:
+def render_html(
+    runs: pd.DataFrame,
+    summary: pd.DataFrame,
+    by_entity_and_date: pd.DataFrame,
+    findings: pd.DataFrame,
+    notes: list[str],
+    plot_name: str,
+) -> str:
     """The report page: this run's drift, its findings, what stopped a repair, the history."""
-    runs = history_by_run(history).tail(HISTORY_ROWS).iloc[::-1]
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in [*report.errors, *report.notes])
-    findings = report.findings.head(500)
+    recent = runs.tail(HISTORY_ROWS).iloc[::-1]
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    shown = findings.head(500)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>leavesync drift report</title>
@@ -69,24 +65,34 @@ def render_html(report: DriftReport, history: pd.DataFrame, plot_name: str) -> s
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head><body>
 <h1>Calendar drift</h1><p>Written {now}. Drift is what the calendars hold that leavesync did
 not write: missing, modified, orphan, duplicate and stale events.</p>
-<h2>This run, per legal entity</h2>{report.summary().to_html(index=False)}
-<h2>This run, per legal entity and date</h2>{report.by_entity_and_date().to_html(index=False)}
-{f"<h2>Not repaired</h2><ul>{notes}</ul>" if notes else ""}
-<h2>Findings</h2>{findings.to_html(index=False) if len(findings) else "<p>none</p>"}
+<h2>This run, per legal entity</h2>{summary.to_html(index=False)}
+<h2>This run, per legal entity and date</h2>{by_entity_and_date.to_html(index=False)}
+{f"<h2>Not repaired</h2><ul>{items}</ul>" if items else ""}
+<h2>Findings</h2>{shown.to_html(index=False) if len(shown) else "<p>none</p>"}
 <h2>Over time</h2><img src="{html.escape(plot_name)}" alt="drift over time">
-{runs.to_html(index=False)}
+{recent.to_html(index=False)}
 </body></html>
 """
 
 
 def write_report(
-    reports_dir: Path, history: pd.DataFrame, report: DriftReport
+    reports_dir: Path,
+    runs: pd.DataFrame,
+    summary: pd.DataFrame,
+    by_entity_and_date: pd.DataFrame,
+    findings: pd.DataFrame,
+    notes: list[str],
 ) -> tuple[Path, Path]:
-    """Write drift.html and drift.png into the reports folder; return their paths."""
+    """Write drift.html and drift.png into the reports folder; return their paths.
+
+    It renders what drift computed: the per-run history, this run's tables and notes."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    png = plot_history(history, reports_dir / PLOT_NAME)
+    png = plot_history(runs, reports_dir / PLOT_NAME)
     page = reports_dir / REPORT_NAME
     tmp = page.with_name(f".{page.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_html(report, history, PLOT_NAME), encoding="utf-8")
+    tmp.write_text(
+        render_html(runs, summary, by_entity_and_date, findings, notes, PLOT_NAME),
+        encoding="utf-8",
+    )
     os.replace(tmp, page)
     return page, png

@@ -21,6 +21,9 @@ SHOW_AS = ("oof", "busy", "tentative", "free")
 ISO_DATE_OR_TIME = r"^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2})?)?$"
 # How many failing event keys a failure message and the check metadata show.
 SAMPLE = 10
+# What a failed expectation concerns: some events (those are quarantined, the rest of the
+# diff goes on) or the diff as a whole (a schema or type break: the diff is refused).
+EVENT, WHOLE = "event", "diff"
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,15 @@ class ExpectationOutcome:
     event_keys: tuple[str, ...] = ()
     legal_entities: tuple[str, ...] = ()
     error: str | None = None
+    scope: str = EVENT
+    rows: tuple[int, ...] = ()  # positions in the diff of every unexpected change
     # Rows the expectation looked at (its row condition applied): the base of its percentage.
     checked: int = 0
+
+    @property
+    def refuses(self) -> bool:
+        """A failure that concerns the whole diff (or could not be evaluated)."""
+        return not self.success and (self.scope == WHOLE or self.error is not None or not self.rows)
 
     def percent(self) -> str:
         """Share of checked rows that failed, or why there is none (never NaN)."""
@@ -49,6 +59,8 @@ class ExpectationOutcome:
         where = f" (legal entities {', '.join(self.legal_entities)})" if self.legal_entities else ""
         if self.error:
             return f"{self.rule}: could not be evaluated: {self.error}"
+        if not self.event_keys:
+            return f"{self.rule}: {self.description}: failed"
         keys = ", ".join(self.event_keys)
         more = (
             f" and {self.unexpected - len(self.event_keys)} more"
@@ -76,13 +88,31 @@ class SuiteResult:
     def failures(self) -> list[ExpectationOutcome]:
         return [o for o in self.outcomes if not o.success]
 
+    @property
+    def refusing(self) -> list[ExpectationOutcome]:
+        """Failures that refuse the whole diff; the others quarantine their event keys."""
+        return [o for o in self.failures if o.refuses]
+
+    @property
+    def refuses(self) -> bool:
+        return bool(self.refusing)
+
+    def quarantined_rows(self) -> dict[int, list[ExpectationOutcome]]:
+        """Diff row position -> the per-event expectations it failed."""
+        out: dict[int, list[ExpectationOutcome]] = {}
+        for outcome in self.failures:
+            if not outcome.refuses:
+                for row in outcome.rows:
+                    out.setdefault(row, []).append(outcome)
+        return out
+
     def message(self) -> str:
-        """Why the diff was refused (a refusal shown next to the blast-radius ones)."""
+        """Why the diff was refused as a whole (a refusal shown next to the blast-radius ones)."""
         lines = [
-            f"the diff failed the Great Expectations suite `{SUITE_NAME}`; nothing was applied "
-            "(this refusal cannot be overridden: the diff itself is wrong)"
+            f"the diff failed the Great Expectations suite `{SUITE_NAME}` as a whole; nothing "
+            "was applied (this refusal cannot be overridden: the diff itself is wrong)"
         ]
-        lines += [f"  - {o.message()}" for o in self.failures]
+        lines += [f"  - {o.message()}" for o in self.refusing]
         if self.docs_url:
             lines.append(f"  Data Docs: {self.docs_url}")
         return "\n".join(lines)
@@ -93,19 +123,24 @@ class SuiteResult:
                 {
                     "rule": o.rule,
                     "passed": o.success,
+                    "scope": o.scope,
                     "unexpected": o.unexpected,
                     "legal_entities": ", ".join(o.legal_entities),
                     "event_keys": ", ".join(o.event_keys),
                 }
                 for o in self.outcomes
             ],
-            columns=["rule", "passed", "unexpected", "legal_entities", "event_keys"],
+            columns=["rule", "passed", "scope", "unexpected", "legal_entities", "event_keys"],
         )
 
 
 def diff_frame(changes: pd.DataFrame) -> pd.DataFrame:
-    """The diff as GX sees it: every change column, plain objects, positional index."""
-    frame = changes.reindex(columns=list(CHANGE_COLUMNS)).reset_index(drop=True)
+    """The diff as GX sees it: its change columns, plain objects, positional index.
+
+    A missing column stays missing (the schema expectation refuses the diff for it)."""
+    columns = [c for c in CHANGE_COLUMNS if c in changes.columns]
+    extra = [c for c in changes.columns if c not in CHANGE_COLUMNS]
+    frame = changes[columns + extra].reset_index(drop=True)
     # Object columns keep GX's pandas metrics away from pandas 3's string/nullable dtypes.
     return frame.astype(object).where(frame.notna(), None)
 
@@ -117,16 +152,39 @@ def _expectations() -> list:
 
     writes = Column("op") != "delete"
     deletes = Column("op") == "delete"
+    moves = Column("op") == "move"
 
-    def tag(rule: str, description: str, expectation):
-        expectation.meta = {"rule": rule}
+    def tag(rule: str, description: str, expectation, scope: str = EVENT):
+        expectation.meta = {"rule": rule, "scope": scope}
         expectation.description = description
         return expectation
 
     suite = [
         tag(
+            "columns_as_expected",
+            "the diff has exactly the change columns",
+            gxe.ExpectTableColumnsToMatchSet(column_set=list(CHANGE_COLUMNS), exact_match=True),
+            WHOLE,
+        ),
+        tag(
+            "fingerprint_is_integer",
+            "a written event's fingerprint is an integer",
+            gxe.ExpectColumnValuesToBeInTypeList(
+                column="fingerprint", type_list=["int", "int64"], row_condition=writes
+            ),
+            WHOLE,
+        ),
+        tag(
+            "all_day_is_boolean",
+            "a written event's all_day is a boolean",
+            gxe.ExpectColumnValuesToBeInTypeList(
+                column="all_day", type_list=["bool", "bool_"], row_condition=writes
+            ),
+            WHOLE,
+        ),
+        tag(
             "op_known",
-            "the operation is create, update or delete",
+            "the operation is create, update, delete or move",
             gxe.ExpectColumnValuesToBeInSet(column="op", value_set=list(OPS)),
         ),
         tag(
@@ -158,6 +216,18 @@ def _expectations() -> list:
             "calendar_well_formed",
             "the calendar is a well-formed mailbox address",
             gxe.ExpectColumnValuesToMatchRegex(column="calendar", regex=EMAIL_PATTERN),
+        ),
+        tag(
+            "from_calendar_present",
+            "a move names the calendar it leaves",
+            gxe.ExpectColumnValuesToNotBeNull(column="from_calendar", row_condition=moves),
+        ),
+        tag(
+            "from_calendar_well_formed",
+            "a move leaves a well-formed mailbox address",
+            gxe.ExpectColumnValuesToMatchRegex(
+                column="from_calendar", regex=EMAIL_PATTERN, row_condition=moves
+            ),
         ),
         tag(
             "status_known",
@@ -318,6 +388,7 @@ def _outcome(result, frame: pd.DataFrame) -> ExpectationOutcome:
     config = result.expectation_config
     meta = config.meta or {}
     rule = str(meta.get("rule", config.type))
+    scope = str(meta.get("scope", EVENT))
     description = str(config.description or config.type)
     error = None
     if result.exception_info and result.exception_info.get("raised_exception"):
@@ -326,10 +397,23 @@ def _outcome(result, frame: pd.DataFrame) -> ExpectationOutcome:
         i for i in (result.result or {}).get("unexpected_index_list") or [] if isinstance(i, int)
     ]
     hit = frame.iloc[rows] if rows else frame.iloc[0:0]
-    keys = tuple(str(k) for k in hit["event_key"].head(SAMPLE))
-    entities = tuple(sorted({str(e) for e in hit["legal_entity"].dropna()}))
+    keys = tuple(str(k) for k in hit["event_key"].head(SAMPLE)) if "event_key" in hit else ()
+    entities = (
+        tuple(sorted({str(e) for e in hit["legal_entity"].dropna()}))
+        if "legal_entity" in hit
+        else ()
+    )
     unexpected = int((result.result or {}).get("unexpected_count") or len(rows))
     checked = int((result.result or {}).get("element_count") or 0)
     return ExpectationOutcome(
-        rule, description, bool(result.success), unexpected, keys, entities, error, checked
+        rule,
+        description,
+        bool(result.success),
+        unexpected,
+        keys,
+        entities,
+        error,
+        scope,
+        tuple(rows),
+        checked,
     )

@@ -34,10 +34,16 @@ from assets.gx_suite import SuiteResult, validate_diff
 from assets.links import report_link
 from assets.render import EVENT_COLUMNS, render_events
 from assets.tables import markdown_table
-from assets.validation import BlastRadius, blast_radius, validate_rows
+from assets.validation import (
+    QUARANTINE_COLUMNS,
+    BlastRadius,
+    blast_radius,
+    row_json,
+    validate_rows,
+)
 from resources.config import AppConfig
 from resources.hr import HRDatabase, entity_partition_key
-from resources.providers.base import EVENT_KEY_PREFIX
+from resources.providers.base import EVENT_KEY_PREFIX, leave_id_of
 from resources.scope import EntityScope, run_scopes
 from resources.settings import LeavesyncSettings
 from resources.state import SNAPSHOT_COLUMNS, StateStore
@@ -70,12 +76,17 @@ class LeaveDiff:
         return bool(self.refusals)
 
     def summary(self) -> pd.DataFrame:
-        """created/updated/deleted/unchanged/quarantined per entity partition (all targets)."""
+        """create/update/delete/move/unchanged/quarantined per entity partition (all targets).
+
+        A move (the event changes calendar: a new email, another team) has its own column: it
+        is neither an edit in place nor a loss, and an operator wants to see address changes.
+        """
         counts = self.diff.counts()
+        ops = ["create", "update", "delete", "move", "unchanged"]
         per_entity = (
-            counts.groupby("legal_entity")[["create", "update", "delete", "unchanged"]].sum()
+            counts.groupby("legal_entity")[ops].sum()
             if not counts.empty
-            else pd.DataFrame(columns=["create", "update", "delete", "unchanged"])
+            else pd.DataFrame(columns=ops)
         )
         errors = (
             self.quarantine[self.quarantine["severity"] == "error"]
@@ -138,6 +149,24 @@ def plan(
     errors = checked.quarantine[checked.quarantine["severity"] == "error"]
     protected = {EVENT_KEY_PREFIX + str(i) for i in errors["leave_id"].dropna()}
     diff = compute_diff(desired, snapshot, protected)
+    suite = validate_diff(
+        diff.changes,
+        [t.name for t in cfg.targets],
+        protected,
+        cfg.data_docs_dir(),
+        cfg.reports_dir() / "gx_validations",
+        run_id or dt.datetime.now(dt.UTC).strftime("plan-%Y%m%dT%H%M%S%f"),
+        cfg.reports.data_docs_keep,
+    )
+    # One person never blocks a legal entity: the event keys of changes that failed a
+    # per-event expectation are quarantined with the rule; the rest of the diff goes on.
+    suite_findings = suite_quarantine(diff.changes, suite, all_leaves)
+    if len(suite_findings):
+        held_back = set(suite_findings["event_key"])
+        diff.changes = diff.changes[~diff.changes["event_key"].isin(held_back)].reset_index(
+            drop=True
+        )
+        protected |= held_back
 
     refusals = []
     deletes = diff.changes[diff.changes["op"] == "delete"]
@@ -170,19 +199,12 @@ def plan(
         if len(checked.quarantine)
         else checked.quarantine.assign(**{PARTITION_COLUMN: []})
     )
-    suite = validate_diff(
-        diff.changes,
-        [t.name for t in cfg.targets],
-        protected,
-        cfg.data_docs_dir(),
-        cfg.reports_dir() / "gx_validations",
-        run_id or dt.datetime.now(dt.UTC).strftime("plan-%Y%m%dT%H%M%S%f"),
-        cfg.reports.data_docs_keep,
-    )
+    if len(suite_findings):
+        quarantine = pd.concat([quarantine, suite_findings], ignore_index=True)
     overridden: list[BlastRadius] = []
     if allow_mass_delete:
         overridden, refusals = refusals, []
-    rejected: list[BlastRadius | SuiteResult] = [*refusals, *([] if suite.success else [suite])]
+    rejected: list[BlastRadius | SuiteResult] = [*refusals, *([suite] if suite.refuses else [])]
     return LeaveDiff(
         diff, quarantine, rejected, overridden, scopes, suite, desired, frozenset(protected)
     )
@@ -195,6 +217,61 @@ def _file_path(uri: str) -> Path:
     return Path(unquote(urlparse(uri).path))
 
 
+def suite_quarantine(
+    changes: pd.DataFrame, suite: SuiteResult, leaves: pd.DataFrame
+) -> pd.DataFrame:
+    """Quarantine findings for the event keys whose changes failed a per-event expectation:
+    one row per (leave, rule), naming the event key and the employee."""
+    failed = suite.quarantined_rows()
+    if not failed:
+        return pd.DataFrame(columns=[*QUARANTINE_COLUMNS, PARTITION_COLUMN])
+    frame = changes.reset_index(drop=True)
+    by_leave = leaves.drop_duplicates("leave_id").set_index("leave_id") if len(leaves) else None
+    seen: set[tuple[str, str]] = set()
+    rows = []
+    for position, outcomes in sorted(failed.items()):
+        change = frame.iloc[position]
+        key = str(change["event_key"])
+        leave_id = str(change["leave_id"]) if pd.notna(change["leave_id"]) else leave_id_of(key)
+        leave = (
+            by_leave.loc[leave_id] if by_leave is not None and leave_id in by_leave.index else None
+        )
+        entity = str(change["legal_entity"]) if pd.notna(change["legal_entity"]) else ""
+        for outcome in outcomes:
+            if (key, outcome.rule) in seen:
+                continue
+            seen.add((key, outcome.rule))
+            rows.append(
+                {
+                    "leave_id": leave_id,
+                    "legal_entity": entity,
+                    "start_date": leave["start_date"]
+                    if leave is not None
+                    else change["partition_date"],
+                    "event_key": key,
+                    "employee_id": leave["employee_id"] if leave is not None else None,
+                    "employee_email": leave["employee_email"]
+                    if leave is not None
+                    else change["calendar"],
+                    "rule": outcome.rule,
+                    "severity": "error",
+                    "message": f"the diff's GX suite: {outcome.description}",
+                    "row": row_json(
+                        {**(leave.to_dict() if leave is not None else {}), **_change(change)}
+                    ),
+                    PARTITION_COLUMN: leave[PARTITION_COLUMN]
+                    if leave is not None and PARTITION_COLUMN in leave
+                    else entity_partition_key(entity),
+                }
+            )
+    return pd.DataFrame(rows, columns=[*QUARANTINE_COLUMNS, PARTITION_COLUMN])
+
+
+def _change(change: pd.Series) -> dict:
+    """The change's own fields, prefixed, beside the leave's in a quarantined row's JSON."""
+    return {f"change.{k}": v for k, v in change.items() if v is not None and not pd.isna(v)}
+
+
 def _safety_metadata(result: LeaveDiff, cfg: AppConfig) -> dict:
     """The blocking check's metadata: refusals, overrides, the suite's verdict, Data Docs link."""
     meta: dict = {
@@ -202,6 +279,7 @@ def _safety_metadata(result: LeaveDiff, cfg: AppConfig) -> dict:
         "overridden": MetadataValue.json([r.message() for r in result.overridden]),
         "deletes": int((result.diff.changes["op"] == "delete").sum()),
         "by_partition": MetadataValue.json(_verdicts(result)),
+        "quarantined_keys": MetadataValue.md(markdown_table(quarantined_keys(result))),
     }
     if result.suite is not None and result.suite.skipped:
         meta["gx_suite_passed"] = True
@@ -216,6 +294,17 @@ def _safety_metadata(result: LeaveDiff, cfg: AppConfig) -> dict:
     return meta
 
 
+def quarantined_keys(result: LeaveDiff) -> pd.DataFrame:
+    """The event keys held back by the GX suite: key, leave, employee, rule."""
+    q = result.quarantine
+    if q.empty or "event_key" not in q:
+        return pd.DataFrame(columns=["event_key", "leave_id", "employee_id", "employee_email"])
+    suite_rules = {o.rule for o in result.suite.failures} if result.suite else set()
+    held = q[q["rule"].isin(suite_rules)]
+    cols = ["event_key", "leave_id", "legal_entity", "employee_id", "employee_email", "rule"]
+    return held[cols].reset_index(drop=True)
+
+
 def _verdicts(result: LeaveDiff) -> dict[str, str]:
     """Per legal entity partition: "ok", or why it (and so the run) was refused."""
     out = {s.entity_key: "ok" for s in result.scopes}
@@ -224,10 +313,10 @@ def _verdicts(result: LeaveDiff) -> dict[str, str]:
             keys = [s.entity_key for s in result.scopes if refusal.scope.endswith(s.label())]
             reason = f"refused: {refusal.reason}"
         else:
-            codes = {entity_partition_key(e) for o in refusal.failures for e in o.legal_entities}
+            codes = {entity_partition_key(e) for o in refusal.refusing for e in o.legal_entities}
             keys = [k for k in out if k in codes]
             keys = keys or list(out)
-            reason = "refused: GX suite failed: " + ", ".join(o.rule for o in refusal.failures)
+            reason = "refused: GX suite failed: " + ", ".join(o.rule for o in refusal.refusing)
         for key in keys:
             out[key] = reason if out[key] == "ok" else f"{out[key]}; {reason}"
     return out

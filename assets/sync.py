@@ -27,7 +27,7 @@ from resources.providers.base import (
     FatalProviderError,
 )
 from resources.settings import LeavesyncSettings
-from resources.state import SnapshotRow, StateStore
+from resources.state import Intent, SnapshotRow, StateStore
 
 CALENDAR_SYNC = "calendar_sync"
 # Confirmed changes are written to the snapshot at least this often; a change confirmed by
@@ -39,7 +39,7 @@ FLUSH_SECONDS = 2.0
 
 @dataclass
 class SyncOutcome:
-    """Per target and legal entity: applied and failed changes."""
+    """Per target and legal entity: applied and failed changes (a move counts once, as "move")."""
 
     applied: dict[tuple[str, str, str], int] = field(default_factory=dict)
     failed: list[dict[str, str]] = field(default_factory=list)
@@ -56,21 +56,118 @@ class SyncOutcome:
         return pd.DataFrame(rows, columns=["target", "legal_entity", "op", "n"])
 
 
-def changes_for(frame: pd.DataFrame) -> list[EventChange]:
-    """EventChange objects for one target's rows of the diff (payloads only where needed)."""
+def changes_for(
+    frame: pd.DataFrame, attempts: dict[tuple[str, str], str] | None = None
+) -> list[EventChange]:
+    """EventChange objects for rows of the diff (payloads only where needed).
+
+    A move row becomes its create half here (see apply_diff for its delete half);
+    ``attempts`` gives each create its journaled attempt id, keyed (event_key, calendar).
+    """
     writes = frame[frame["op"] != "delete"]
     events = dict(zip(writes.index, payloads(writes), strict=True))
+    attempts = attempts or {}
+    out = []
+    for idx, row in zip(frame.index, frame.itertuples(index=False), strict=True):
+        create = row.op in ("create", "move")
+        out.append(
+            EventChange(
+                op="create" if create else row.op,
+                event_key=row.event_key,
+                calendar=row.calendar,
+                event=events.get(idx),
+                provider_event_id=None if create else _opt(row.provider_event_id),
+                version=None if create else _opt(row.version),
+                attempt_id=attempts.get((row.event_key, row.calendar)) if create else None,
+            )
+        )
+    return out
+
+
+def _delete_halves(frame: pd.DataFrame) -> list[EventChange]:
+    """Deletes, and the delete half of each move: in its old calendar, with its old id."""
     return [
         EventChange(
-            op=row.op,
+            op="delete",
             event_key=row.event_key,
-            calendar=row.calendar,
-            event=events.get(idx),
+            calendar=row.from_calendar if row.op == "move" else row.calendar,
             provider_event_id=_opt(row.provider_event_id),
             version=_opt(row.version),
         )
-        for idx, row in zip(frame.index, frame.itertuples(index=False), strict=True)
+        for row in frame.itertuples(index=False)
     ]
+
+
+class _TargetRun:
+    """One target's changes as the provider confirms them: snapshot, journal, outcome."""
+
+    def __init__(self, target, provider, state, run_id, outcome, log) -> None:
+        self.target, self.provider, self.state = target, provider, state
+        self.run_id, self.outcome, self.log = run_id, outcome, log
+        self.pending: list[tuple[ChangeResult, SnapshotRow | None]] = []
+        self.last_flush = time.monotonic()
+        self.done, self.total = 0, 0
+        self.progress: Callable[[str, int, int], None] | None = None
+
+    def apply(self, frame: pd.DataFrame, changes: list[EventChange]) -> set[str]:
+        """Send ``changes`` (one per row of ``frame``); the keys of those that landed."""
+        rows = {
+            (c.op, c.event_key, c.calendar): row
+            for c, row in zip(changes, frame.itertuples(index=False), strict=True)
+        }
+        landed: set[str] = set()
+        for result in self.provider.apply(changes):
+            self.done += 1
+            change = result.change
+            row = rows[(change.op, change.event_key, change.calendar)]
+            if result.ok:
+                landed.add(change.event_key)
+                snap = None if change.op == "delete" else _snapshot_row(self.target, row, result)
+                self.pending.append((result, snap))
+                # A move counts once, when its create half lands.
+                if row.op != "move" or change.op == "create":
+                    self.outcome.count(self.target, str(row.legal_entity), row.op)
+            else:
+                self.fail(row, result)
+            if (
+                len(self.pending) >= FLUSH_EVERY
+                or time.monotonic() - self.last_flush > FLUSH_SECONDS
+            ):
+                self.flush()
+                self.log.info(f"target {self.target}: {self.done}/{self.total} changes done")
+        return landed
+
+    def fail(self, row, result: ChangeResult) -> None:
+        error = result.error or "unknown error"
+        if row.op == "move" and result.change.op == "delete":
+            error = (
+                f"moving to {row.calendar}: the delete from {row.from_calendar} failed "
+                f"({error}); not created in {row.calendar}, retried next run"
+            )
+        elif row.op == "move":
+            error = (
+                f"moving to {row.calendar}: deleted from {row.from_calendar}, the create "
+                f"failed ({error}); created next run"
+            )
+        self.state.record_failure(self.run_id, self.target, result)
+        self.outcome.failed.append(
+            {
+                "target": self.target,
+                "legal_entity": str(row.legal_entity),
+                "event_key": row.event_key,
+                "calendar": row.calendar,
+                "op": row.op,
+                "error": error,
+            }
+        )
+        self.log.warning(f"target {self.target}: {row.op} {row.event_key} failed: {error}")
+
+    def flush(self) -> None:
+        if self.pending:
+            self.state.record_changes(self.target, self.pending, self.run_id)
+        self.pending, self.last_flush = [], time.monotonic()
+        if self.progress:
+            self.progress(self.target, self.done, self.total)
 
 
 def apply_diff(
@@ -84,6 +181,11 @@ def apply_diff(
 ) -> SyncOutcome:
     """Apply every target's changes; each confirmed change reaches the snapshot, failures are kept.
 
+    Per target, two provider calls: first the deletes and the delete half of every move,
+    then the creates, the updates and the create half of each move whose delete landed. With
+    an alias the new address reaches the old mailbox, where a create's look-up would find
+    the old event and adopt it, and the delete would then remove it; and a move killed
+    between its halves has no snapshot row, so the next run creates (never blind) again.
     ``outcome`` collects what landed even if a target stops the run; ``on_progress`` gets
     (target, changes done, changes planned) as they land.
     """
@@ -91,55 +193,42 @@ def apply_diff(
     outcome = outcome if outcome is not None else SyncOutcome()
     changes = plan.diff.changes
     for target, frame in changes.groupby("target", sort=True):
-        rows_by_key = {(r.op, r.event_key, r.calendar): r for r in frame.itertuples(index=False)}
-        provider = provider_for(str(target))
-        pending: list[tuple[ChangeResult, SnapshotRow | None]] = []
-        last_flush = time.monotonic()
-        done = 0
+        target = str(target)
+        run = _TargetRun(target, provider_for(target), state, run_id, outcome, log)
+        run.progress, run.total = on_progress, len(frame)
         log.info(f"target {target}: applying {len(frame)} changes")
         try:
-            for result in provider.apply(changes_for(frame)):
-                row = rows_by_key[
-                    (result.change.op, result.change.event_key, result.change.calendar)
-                ]
-                done += 1
-                if result.ok:
-                    pending.append((result, _snapshot_row(str(target), row, result)))
-                    outcome.count(str(target), str(row.legal_entity), row.op)
-                else:
-                    state.record_failure(run_id, str(target), result)
-                    outcome.failed.append(
-                        {
-                            "target": str(target),
-                            "legal_entity": str(row.legal_entity),
-                            "event_key": row.event_key,
-                            "calendar": row.calendar,
-                            "op": row.op,
-                            "error": result.error or "",
-                        }
-                    )
-                    log.warning(
-                        f"target {target}: {row.op} {row.event_key} for {row.calendar} failed: {result.error}"
-                    )
-                if len(pending) >= FLUSH_EVERY or time.monotonic() - last_flush > FLUSH_SECONDS:
-                    state.record_changes(str(target), pending, run_id)
-                    pending, last_flush = [], time.monotonic()
-                    log.info(f"target {target}: {done}/{len(frame)} changes done")
-                    if on_progress:
-                        on_progress(str(target), done, len(frame))
+            first = frame[frame["op"].isin(["delete", "move"])]
+            freed = run.apply(first, _delete_halves(first)) if len(first) else set()
+            run.flush()
+            moves = frame["op"].eq("move") & frame["event_key"].isin(freed)
+            second = frame[frame["op"].isin(["create", "update"]) | moves]
+            if len(second):
+                creates = second[second["op"].isin(["create", "move"])]
+                attempts = state.open_intents(target, _intents(creates), run_id)
+                run.apply(second, changes_for(second, attempts))
         except FatalProviderError as err:
-            state.record_changes(str(target), pending, run_id)
+            run.flush()
             raise Failure(description=f"target {target}: {err}") from err
-        state.record_changes(str(target), pending, run_id)
-        if on_progress:
-            on_progress(str(target), done, len(frame))
+        run.flush()
     state.relocate(plan.diff.relocations)
     return outcome
 
 
-def _snapshot_row(target: str, row, result: ChangeResult) -> SnapshotRow | None:
-    if row.op == "delete":
-        return None
+def _intents(creates: pd.DataFrame) -> list[Intent]:
+    return [
+        Intent(
+            str(r.event_key),
+            str(r.calendar),
+            str(r.leave_id),
+            str(r.legal_entity),
+            str(r.partition_date),
+        )
+        for r in creates.itertuples(index=False)
+    ]
+
+
+def _snapshot_row(target: str, row, result: ChangeResult) -> SnapshotRow:
     return SnapshotRow(
         target=target,
         event_key=row.event_key,
@@ -163,11 +252,13 @@ def _opt(value: object) -> str | None:
 
 
 def sync_summary(plan: LeaveDiff, outcome: SyncOutcome) -> pd.DataFrame:
-    """Per legal entity: created, updated, deleted (as applied), unchanged, quarantined, failed."""
+    """Per legal entity: created, updated, deleted, moved (as applied), unchanged, quarantined,
+    failed."""
     planned = plan.summary().set_index("legal_entity")
     applied = outcome.frame()
     out = pd.DataFrame(index=planned.index)
-    for op, col in (("create", "created"), ("update", "updated"), ("delete", "deleted")):
+    ops = (("create", "created"), ("update", "updated"), ("delete", "deleted"), ("move", "moved"))
+    for op, col in ops:
         got = applied[applied["op"] == op].groupby("legal_entity")["n"].sum()
         out[col] = got.reindex(out.index, fill_value=0)
     out["unchanged"] = planned["unchanged"]

@@ -289,7 +289,7 @@ def validate_rows(
                     "rule": name,
                     "severity": rule.severity,
                     "message": _messages(name, rule, hit, events),
-                    "row": [_row_json(r) for r in hit.to_dict("records")],
+                    "row": [row_json(r) for r in hit.to_dict("records")],
                 }
             )
         )
@@ -302,7 +302,7 @@ def validate_rows(
     return RowValidation(leaves[~errors], quarantine, warnings, counts)
 
 
-def _row_json(row: dict[str, object]) -> str:
+def row_json(row: dict[str, object]) -> str:
     def clip(v: object) -> object:
         if isinstance(v, str) and len(v) > 200:
             return v[:200] + f"… ({len(v)} chars)"

@@ -116,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return SETUP
+    from pipelines.orphans import sweep_at_start
+
+    sweep_at_start(cfg)  # runs left in progress by a process that died are marked failed
     handler = {
         "sync": cmd_sync,
         "drift": cmd_drift,
@@ -224,6 +227,7 @@ SUMMARY_COLUMNS = (
     "created",
     "updated",
     "deleted",
+    "moved",
     "failed",
     "not applied",
     "unchanged",
@@ -240,7 +244,7 @@ def summary_table(runs) -> pd.DataFrame:
             {
                 "legal entity": run.label or run.entity_key,
                 "status": run.status,
-                **{c: counts[c] for c in ("created", "updated", "deleted", "failed")},
+                **{c: counts[c] for c in ("created", "updated", "deleted", "moved", "failed")},
                 "not applied": run.not_applied(),
                 "unchanged": counts["unchanged"],
                 "quarantined": counts["quarantined"],
@@ -274,7 +278,7 @@ def report(runs, dry_run: bool = False) -> int:
     table = summary_table(runs)
     if dry_run:
         title = "planned changes (dry run: nothing was written)"
-        table = table.drop(columns=["created", "updated", "deleted", "failed"]).rename(
+        table = table.drop(columns=["created", "updated", "deleted", "moved", "failed"]).rename(
             columns={"not applied": "planned"}
         )
     else:
@@ -289,7 +293,20 @@ def report(runs, dry_run: bool = False) -> int:
                 ch = run.plan.diff.changes
                 print(f"\n{run.label or run.entity_key}: {len(ch)} changes")
                 print(
-                    ch[["op", "target", "event_key", "calendar", "start", "end", "title", "status"]]
+                    ch[
+                        [
+                            "op",
+                            "target",
+                            "event_key",
+                            "calendar",
+                            "from_calendar",
+                            "start",
+                            "end",
+                            "title",
+                            "status",
+                        ]
+                    ]
+                    .fillna("")
                     .head(50)
                     .to_string(index=False)
                 )
@@ -301,7 +318,7 @@ def report(runs, dry_run: bool = False) -> int:
     if dry_run:
         print(f"\nplanned changes: {sum(r.planned for r in runs)}")
     else:
-        written = int(table[["created", "updated", "deleted"]].to_numpy().sum())
+        written = int(table[["created", "updated", "deleted", "moved"]].to_numpy().sum())
         failed = int(table["failed"].sum())
         not_applied = int(table["not applied"].sum())
         line = f"\nwritten: {written} changes"

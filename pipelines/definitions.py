@@ -11,7 +11,7 @@ from assets.sync import CALENDAR_SYNC, build_calendar_sync
 from pipelines.io_manager import PartitionSetPickleIOManager
 from pipelines.partitions import leave_partitions
 from pipelines.schedules import RECONCILE_JOB, build_nightly_schedule
-from pipelines.sensors import build_entity_sensor
+from pipelines.sensors import build_entity_sensor, build_hr_changes_sensor
 from resources.config import AppConfig
 from resources.hr import HRDatabase
 from resources.settings import LeavesyncSettings
@@ -68,6 +68,14 @@ def build_definitions(cfg: AppConfig) -> Definitions:
             build_nightly_schedule(cfg, "nightly_reconciliation", RECONCILE_JOB, cfg.window.cron),
             build_nightly_schedule(cfg, "drift_report", DRIFT_JOB, cfg.window.drift_cron),
         ],
-        sensors=[build_entity_sensor(resources["hr"], cfg.window.schedules_running)],
+        sensors=[
+            build_entity_sensor(resources["hr"], cfg.window.schedules_running),
+            # Off where HR's updated_at cannot be trusted: the nightly run is then the only path.
+            *(
+                [build_hr_changes_sensor(cfg, resources["hr"], resources["state"])]
+                if cfg.realtime_enabled()
+                else []
+            ),
+        ],
         resources=resources,
     )

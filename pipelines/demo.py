@@ -18,6 +18,8 @@ legal_entities = sa.Table(
     sa.Column("workday_start", sa.Time, nullable=False),
     sa.Column("midday", sa.Time, nullable=False),
     sa.Column("workday_end", sa.Time, nullable=False),
+    # Indexed: the hr_changes sensor reads only the rows changed since its cursor.
+    sa.Column("updated_at", sa.DateTime, index=True),
 )
 employees = sa.Table(
     "employees",
@@ -30,6 +32,7 @@ employees = sa.Table(
     sa.Column("display_name", sa.String(400)),
     sa.Column("sync_enabled", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("updated_at", sa.DateTime, index=True),
 )
 leave_types = sa.Table(
     "leave_types",
@@ -51,7 +54,7 @@ leaves = sa.Table(
     sa.Column("end_half", sa.String(2)),
     sa.Column("start_time", sa.Time),
     sa.Column("end_time", sa.Time),
-    sa.Column("updated_at", sa.DateTime),
+    sa.Column("updated_at", sa.DateTime, index=True),
 )
 
 ENTITIES = [
@@ -158,6 +161,8 @@ def generate(today: dt.date, scale: Scale = Scale(), seed: int = 7) -> dict[str,
     """Rows for every reference table; the same inputs always give the same rows."""
     rng = random.Random(seed)
     ents = _entities(scale.entities)
+    # Every row was last changed yesterday morning (HR's updated_at, what the sensor polls).
+    stamp = dt.datetime.combine(today, dt.time(6, 0)) - dt.timedelta(days=1)
     entity_rows = [
         {
             "code": code,
@@ -166,6 +171,7 @@ def generate(today: dt.date, scale: Scale = Scale(), seed: int = 7) -> dict[str,
             "workday_start": dt.time(*ws),
             "midday": dt.time(*md),
             "workday_end": dt.time(*we),
+            "updated_at": stamp,
         }
         for code, name, tz, _, ws, md, we in ents
     ]
@@ -183,6 +189,7 @@ def generate(today: dt.date, scale: Scale = Scale(), seed: int = 7) -> dict[str,
                 "display_name": f"{first} {last}",
                 "sync_enabled": rng.random() > 0.015,  # a few opted out
                 "active": rng.random() > 0.01,  # a few left the company
+                "updated_at": stamp,
             }
         )
     type_weights = [0.55, 0.12, 0.13, 0.05, 0.1, 0.05]
@@ -193,7 +200,6 @@ def generate(today: dt.date, scale: Scale = Scale(), seed: int = 7) -> dict[str,
     span = scale.days_back + scale.days_ahead
     leave_rows = []
     n_leaves = int(scale.employees * scale.leaves_per_employee)
-    stamp = dt.datetime.combine(today, dt.time(6, 0)) - dt.timedelta(days=1)
     for lid in range(1, n_leaves + 1):
         emp = rng.randint(1, scale.employees)
         kind = rng.random()

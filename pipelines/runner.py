@@ -17,7 +17,7 @@ from resources.config import AppConfig, ConfigError
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
 
 UNASSIGNED_LABEL = "(unassigned)"
-COUNTS = ("created", "updated", "deleted", "failed", "unchanged", "quarantined")
+COUNTS = ("created", "updated", "deleted", "moved", "failed", "unchanged", "quarantined")
 
 
 class SetupError(ConfigError):
@@ -70,12 +70,12 @@ class EntityRun:
         frame = self.summary if self.summary is not None else pd.DataFrame()
         out = {c: int(frame[c].sum()) if c in frame else 0 for c in COUNTS}
         if self.status == "planned":
-            out["created"] = out["updated"] = out["deleted"] = 0
+            out["created"] = out["updated"] = out["deleted"] = out["moved"] = 0
         return out
 
     def written(self) -> int:
         c = self.counts()
-        return c["created"] + c["updated"] + c["deleted"]
+        return c["created"] + c["updated"] + c["deleted"] + c["moved"]
 
     def not_applied(self) -> int:
         """Planned changes neither written nor failed (blocked, stopped, or a dry run)."""
@@ -188,10 +188,12 @@ def run_job(
 
     from assets.leave_diff import ALLOW_MASS_DELETE_TAG
     from pipelines.definitions import PLAN_JOB, build_definitions
+    from pipelines.orphans import sweep
     from pipelines.partitions import range_tags
     from pipelines.run_queue import entity_tags
     from resources.scope import window_today
 
+    sweep(cfg, progress)  # a run left in progress by a dead process frees its entity first
     defs = build_definitions(cfg)
     resources = defs.resources
     known = preflight(cfg, resources, check_targets=job_name != PLAN_JOB)
@@ -321,6 +323,7 @@ def _execute(
     from assets.extract import HR_LEAVES
     from assets.leave_diff import LEAVE_DIFF, SAFETY_CHECK
     from pipelines.definitions import PLAN_JOB
+    from pipelines.orphans import owner_tags
 
     listener = None
     if on_change is not None:
@@ -334,7 +337,7 @@ def _execute(
     try:
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance,
-            tags=run_tags,
+            tags={**run_tags, **owner_tags()},  # whose process runs it (pipelines/orphans.py)
             raise_on_error=False,
             # The run's full event log is in the instance (and the UI); the terminal gets ours.
             run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
@@ -379,8 +382,8 @@ def _execute(
     if run.summary is None and run.plan is not None:
         # Nothing reached a calendar (blocked, stopped before applying, or a plan-only run):
         # unchanged and quarantined as planned, nothing written.
-        run.summary = run.plan.summary().drop(columns=["create", "update", "delete"])
-        for col in ("created", "updated", "deleted", "failed"):
+        run.summary = run.plan.summary().drop(columns=["create", "update", "delete", "move"])
+        for col in ("created", "updated", "deleted", "moved", "failed"):
             run.summary[col] = 0
     if job_name == PLAN_JOB and run.status == "ok":
         run.status = "planned"

@@ -1,9 +1,33 @@
-"""Keeps the legal_entity partitions in step with the HR database's legal entities."""
+"""The sensors: legal_entity partitions in step with HR, and HR's changes reconciled in seconds."""
 
-from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, sensor
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
 
 from pipelines.partitions import legal_entity_partitions
+from pipelines.realtime import (
+    EMPTY_START,
+    Cursor,
+    Pending,
+    Window,
+    merge_pending,
+    new_changes,
+    plan_runs,
+    queued_run,
+    read_from,
+    touched,
+)
+from pipelines.schedules import RECONCILE_JOB, nightly_window
+from resources.config import AppConfig
 from resources.hr import HRDatabase
+from resources.scope import month_start, window_today
+from resources.state import StateStore
 
 
 def build_entity_sensor(hr: HRDatabase, running: bool = True):
@@ -25,3 +49,89 @@ def build_entity_sensor(hr: HRDatabase, running: bool = True):
         )
 
     return legal_entities_from_hr
+
+
+# --- hr_changes: HR changes reach the calendars within a poll and a run ----------------------
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+NOT_STARTED = (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING)
+
+
+def build_hr_changes_sensor(cfg: AppConfig, hr: HRDatabase, state: StateStore):
+    """Polls HR every realtime.poll_seconds; one run per legal entity a change touches, over
+    the days it touches (README, "Near real time")."""
+    realtime = cfg.realtime
+    targets = [t.name for t in cfg.targets]
+    warned: list[str] = []
+
+    @sensor(
+        name="hr_changes",
+        minimum_interval_seconds=realtime.poll_seconds,
+        job_name=RECONCILE_JOB,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=(
+            "Reads the leaves, employees and legal entities HR changed since the last poll and "
+            "reconciles the days they touch, one run per legal entity."
+        ),
+    )
+    def hr_changes(context: SensorEvaluationContext) -> SensorResult:
+        cursor = Cursor.from_json(context.cursor)
+        today = window_today(cfg.window.timezone)
+        window = Window(*nightly_window(cfg, today), month_start(today))
+        if not warned:
+            warned.extend(hr.change_warnings() or ["none"])
+            for warning in warned:
+                if warning != "none":
+                    context.log.warning(warning)
+        found: dict[str, Pending] = {}
+        for source in hr.change_sources():
+            # A first poll (or a reset cursor) starts from HR's newest change: what came
+            # before it is the nightly run's. A table with no updated_at yet is read whole
+            # once one appears.
+            stored = cursor.newest.get(source)
+            first = stored is None
+            newest = hr.latest_change(source) if first else cursor.newest_at(source)
+            if first:
+                cursor.newest[source] = newest.isoformat() if newest else ""
+                if newest is None:
+                    continue
+            start = read_from(newest, realtime.overlap_seconds) if newest else EMPTY_START
+            rows = hr.changes_since(source, start, window.start)
+            fresh = new_changes(cursor, source, rows, realtime.overlap_seconds)
+            if first or fresh.empty:
+                continue
+            leave_ids = sorted({str(i) for i in fresh["leave_id"].dropna()})
+            exported = state.exported_under(leave_ids, targets) if leave_ids else fresh.iloc[:0]
+            codes = None if hr.query else set(hr.legal_entities())
+            for key, pending in touched(source, fresh, exported, codes, window).items():
+                found.setdefault(key, Pending()).merge(pending)
+            context.log.info(f"{len(fresh)} changed rows in {source} since {start.isoformat()}")
+        merge_pending(cursor, found, cfg.safety.min_deletes)
+        if not cursor.pending:
+            return SensorResult(skip_reason="no change in HR", cursor=cursor.to_json())
+        queued = [
+            q
+            for run in context.instance.get_runs(
+                filters=RunsFilter(job_name=RECONCILE_JOB, statuses=list(NOT_STARTED))
+            )
+            if (q := queued_run(run.run_id, run.tags, window)) is not None
+        ]
+        runs, waiting = plan_runs(cursor, queued, window, realtime.max_runs_per_tick)
+        for key, why in waiting.items():
+            context.log.info(f"{key}: changes wait ({why})")
+        known = set(context.instance.get_dynamic_partitions(legal_entity_partitions.name))
+        new_keys = sorted({r.entity_key for r in runs} - known)
+        requests = []
+        for run in runs:
+            scope = ", ".join(run.dates) if run.dates else f"{run.date_from}..{run.date_to}"
+            context.log.info(f"{run.entity_key}: run over {scope} for {run.why}")
+            requests.append(RunRequest(tags=run.tags(window), run_config=IN_PROCESS))
+        return SensorResult(
+            run_requests=requests,
+            skip_reason=None if requests else "changes wait: " + "; ".join(waiting.values()),
+            cursor=cursor.to_json(),
+            dynamic_partitions_requests=[legal_entity_partitions.build_add_request(new_keys)]
+            if new_keys
+            else [],
+        )
+
+    return hr_changes

@@ -110,6 +110,13 @@ class EventRules(_Model):
     midday: dt.time = dt.time(13, 0)
     workday_end: dt.time = dt.time(17, 30)
 
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: str) -> str:
+        # Calendars store categories as a list and give them back without the spaces around
+        # commas: written as "HR, Leave", read back as "HR,Leave", drift would flag every event.
+        return ",".join(c.strip() for c in value.split(",") if c.strip())
+
 
 class Serves(_Model):
     """Which employees a target serves; empty lists mean everyone."""
@@ -171,6 +178,32 @@ class ReportsConfig(_Model):
     )
 
 
+class RealtimeConfig(_Model):
+    """The hr_changes sensor: HR changes reach the calendars in seconds (README "Near real time")."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description="poll HR for changes; default: on for the embedded demo HR database, off "
+        "for a configured one (it needs a trustworthy, indexed updated_at)",
+    )
+    poll_seconds: int = Field(
+        default=20, ge=5, le=3600, description="seconds between two polls of the HR database"
+    )
+    max_runs_per_tick: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="legal entity runs one poll may launch; the others wait for the next poll",
+    )
+    overlap_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86_400,
+        description="how far behind the newest updated_at each poll reads again: covers HR "
+        "transactions committed late and clock differences between HR's writers",
+    )
+
+
 class AppConfig(_Model):
     """The whole configuration file."""
 
@@ -183,6 +216,7 @@ class AppConfig(_Model):
     )
     safety: SafetyConfig = SafetyConfig()
     reports: ReportsConfig = ReportsConfig()
+    realtime: RealtimeConfig = RealtimeConfig()
 
     @field_validator("targets")
     @classmethod
@@ -213,6 +247,12 @@ class AppConfig(_Model):
 
     def state_url_in_file(self) -> str | None:
         return None if self.state.url_env else self.state_url()
+
+    def realtime_enabled(self) -> bool:
+        """realtime.enabled, or by default: on for the embedded (demo) HR database only."""
+        if self.realtime.enabled is not None:
+            return self.realtime.enabled
+        return not (self.hr.url or self.hr.url_env or self.hr.query)
 
     def reports_dir(self) -> Path:
         return (

@@ -100,6 +100,7 @@ class HRDatabase(ConfigurableResource):
     _engine: sa.Engine | None = PrivateAttr(default=None)
     _url: str | None = PrivateAttr(default=None)
     _query_checked: bool = PrivateAttr(default=False)
+    _change_sources: list[str] | None = PrivateAttr(default=None)  # hr_changes sensor
 
     def resolved_url(self) -> str:
         if self._url is None:
@@ -160,6 +161,20 @@ class HRDatabase(ConfigurableResource):
                 "the HR database has no employee with an email", describe(self.resolved_url())
             )
         return str(rows.iloc[0, 0])
+
+    def employee_emails(self, codes: Sequence[str]) -> pd.DataFrame:
+        """Every employee email HR knows in these legal entities (employee_email, legal_entity),
+        lower-cased like calendars; drift reads them back when its registry cannot be trusted."""
+        if not codes:
+            return pd.DataFrame(columns=["employee_email", "legal_entity"])
+        stmt = sa.text(
+            f"SELECT DISTINCT src.employee_email, src.legal_entity FROM {self._source()} "
+            "WHERE src.legal_entity IN :codes AND src.employee_email IS NOT NULL"
+        ).bindparams(sa.bindparam("codes", expanding=True))
+        rows = self._read(stmt, {"codes": list(codes)}, "listing employees")
+        rows.columns = ["employee_email", "legal_entity"]
+        rows["employee_email"] = rows["employee_email"].astype(str).str.strip().str.lower()
+        return rows.drop_duplicates().reset_index(drop=True)
 
     def partition_keys(self) -> list[str]:
         """Partition keys: one per legal entity, plus the one for unassigned leaves."""
@@ -275,6 +290,118 @@ class HRDatabase(ConfigurableResource):
                 raise HRExtractError(reason, err.where) from None
             raise HRExtractError(err.reason, err.where) from None
 
+    # --- changes since a cursor (the hr_changes sensor) ------------------------------------
+    # Each source is read through its updated_at index alone, so a poll costs what changed,
+    # not what HR holds. A custom hr.query is one source: its updated_at must cover the
+    # leave's employee and legal entity too (README, "Near real time").
+    def change_sources(self) -> list[str]:
+        """What the sensor polls: the tables of the reference schema that have updated_at,
+        or the custom query."""
+        if self.query:
+            return [CUSTOM_SOURCE]
+        if self._change_sources is None:
+            with guarded("HR", self.resolved_url(), "reading the schema"):
+                inspector = sa.inspect(self.engine())
+                found = [
+                    table
+                    for table in CHANGE_TABLES
+                    if inspector.has_table(table)
+                    and "updated_at" in {c["name"] for c in inspector.get_columns(table)}
+                ]
+            if "leaves" not in found:
+                raise HRExtractError(
+                    "leaves.updated_at is missing: the hr_changes sensor needs it (set "
+                    "realtime.enabled: false to rely on the nightly run alone)",
+                    describe(self.resolved_url()),
+                )
+            self._change_sources = found
+        return list(self._change_sources)
+
+    def change_warnings(self) -> list[str]:
+        """What makes polling costly or partial: a table without updated_at or its index."""
+        if self.query:
+            return []
+        sources = self.change_sources()
+        out = []
+        with guarded("HR", self.resolved_url(), "reading the schema"):
+            inspector = sa.inspect(self.engine())
+            for table in CHANGE_TABLES:
+                if table not in sources:
+                    out.append(
+                        f"{table}.updated_at is missing: its changes wait for the nightly run"
+                    )
+                    continue
+                indexes = inspector.get_indexes(table)
+                if not any((ix.get("column_names") or [None])[0] == "updated_at" for ix in indexes):
+                    out.append(
+                        f"{table}.updated_at has no index: every poll scans {table} "
+                        f"(CREATE INDEX ix_{table}_updated_at ON {table} (updated_at))"
+                    )
+        return out
+
+    def latest_change(self, source: str) -> dt.datetime | None:
+        """The newest updated_at of a source (its index's last entry); None when empty."""
+        column = "src.updated_at" if source == CUSTOM_SOURCE else "updated_at"
+        table = self._source() if source == CUSTOM_SOURCE else _change_table(source)
+        rows = self._read(
+            sa.text(f"SELECT MAX({column}) FROM {table}"), {}, f"reading the newest {source} change"
+        )
+        return changed_at_value(rows.iloc[0, 0]) if len(rows) else None
+
+    def changes_since(self, source: str, since: dt.datetime, window_start: dt.date) -> pd.DataFrame:
+        """Rows of ``source`` with updated_at >= ``since`` (HR's own clock), as the leaves they
+        touch: source_id, leave_id, legal_entity, start_date (ISO), changed_at (datetime)."""
+        sql = self._change_sql(source)
+        binds = [sa.bindparam("since", type_=sa.DateTime(timezone=since.tzinfo is not None))]
+        params: dict[str, object] = {"since": since}
+        if ":window_start" in sql:
+            binds.append(sa.bindparam("window_start", type_=sa.Date()))
+            params["window_start"] = window_start
+        raw = self._read(sa.text(sql).bindparams(*binds), params, f"reading {source} changes")
+        out = pd.DataFrame(
+            {
+                "source_id": _text(raw["source_id"]),
+                "leave_id": _text(raw["leave_id"]),
+                "legal_entity": _text(raw["legal_entity"]),
+                "start_date": _date_text(raw["start_date"]),
+                "changed_at": raw["changed_at"].map(changed_at_value).astype(object),
+            }
+        )
+        return out[out["changed_at"].notna()].reset_index(drop=True)
+
+    def _change_sql(self, source: str) -> str:
+        if source == CUSTOM_SOURCE:
+            return (
+                "SELECT src.leave_id AS source_id, src.leave_id AS leave_id, "
+                "src.legal_entity AS legal_entity, src.start_date AS start_date, "
+                f"src.updated_at AS changed_at FROM {self._source()} "
+                "WHERE src.updated_at >= :since"
+            )
+        if source == "leaves":
+            return (
+                "SELECT l.id AS source_id, l.id AS leave_id, e.legal_entity AS legal_entity, "
+                "l.start_date AS start_date, l.updated_at AS changed_at "
+                "FROM leaves l LEFT JOIN employees e ON e.id = l.employee_id "
+                "WHERE l.updated_at >= :since"
+            )
+        if source == "employees":
+            # Each of the employee's leaves in the window: a new entity, email, opt-out or
+            # departure changes (or moves) their events.
+            return (
+                "SELECT e.id AS source_id, l.id AS leave_id, e.legal_entity AS legal_entity, "
+                "l.start_date AS start_date, e.updated_at AS changed_at "
+                "FROM employees e LEFT JOIN leaves l ON l.employee_id = e.id "
+                "AND l.start_date >= :window_start WHERE e.updated_at >= :since"
+            )
+        if source == "legal_entities":
+            # Time zone or workday hours: every event of the entity may change.
+            return (
+                "SELECT le.code AS source_id, NULL AS leave_id, le.code AS legal_entity, "
+                "NULL AS start_date, le.updated_at AS changed_at FROM legal_entities le "
+                "WHERE le.updated_at >= :since"
+            )
+        raise ValueError(f"unknown change source {source!r}")
+
 
 def _missing_table(reason: str) -> bool:
     low = reason.lower()
@@ -283,6 +410,33 @@ def _missing_table(reason: str) -> bool:
         or ("relation" in low and "does not exist" in low)
         or ("table" in low and "doesn't exist" in low)
     )
+
+
+# --- the hr_changes sensor's sources --------------------------------------------------------
+CHANGE_TABLES: tuple[str, ...] = ("leaves", "employees", "legal_entities")
+CUSTOM_SOURCE = "query"  # a custom hr.query is polled as one source
+
+
+def _change_table(source: str) -> str:
+    if source not in CHANGE_TABLES:
+        raise ValueError(f"unknown change source {source!r}")
+    return source
+
+
+def changed_at_value(value: object) -> dt.datetime | None:
+    """An updated_at as a datetime (SQLite returns text); None when absent or unreadable."""
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    try:
+        return dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _arrow_frame(table) -> pd.DataFrame:

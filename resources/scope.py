@@ -13,6 +13,9 @@ DATE_DIMENSION = "date"
 # The exact first and last start dates of a run (day precision within its month partitions).
 DATE_FROM_TAG = "leavesync/date_from"
 DATE_TO_TAG = "leavesync/date_to"
+# Only these start dates within [date_from, date_to] (comma-separated ISO days): the hr_changes
+# sensor's runs cover the days its changes touch, not the months between them.
+DATES_TAG = "leavesync/dates"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ def scopes_from_keys(
     """
     tags = tags or {}
     tag_from, tag_to = tags.get(DATE_FROM_TAG), tags.get(DATE_TO_TAG)
+    only = frozenset(tags[DATES_TAG].split(",")) if tags.get(DATES_TAG) else None
     by_entity: dict[str, set[dt.date]] = {}
     for key in partition_keys:
         dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else _split(key)
@@ -77,6 +81,8 @@ def scopes_from_keys(
             for d in days
             if (min(month_start(d), cap) if cap else month_start(d)) in months
         )
+        if only is not None:
+            dates &= only
         scopes.append(EntityScope(entity, lo, max(lo, hi), dates))
     return scopes
 

@@ -15,7 +15,7 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from resources.database import create_engine, guarded, resolve_url
-from resources.providers.base import ChangeResult, EventPayload
+from resources.providers.base import EVENT_KEY_PREFIX, ChangeResult, EventPayload
 
 metadata = sa.MetaData()
 
@@ -223,6 +223,24 @@ class StateStore(ConfigurableResource):
             if frames
             else pd.DataFrame(columns=SNAPSHOT_COLUMNS)
         )
+
+    def exported_under(self, leave_ids: Iterable[str], targets: Sequence[str]) -> pd.DataFrame:
+        """Where these leaves' events were last exported: leave_id, legal_entity (HR code) and
+        partition_date, per target (primary-key look-ups, for the hr_changes sensor)."""
+        t = snapshot_table
+        keys = [EVENT_KEY_PREFIX + str(i) for i in dict.fromkeys(leave_ids)]
+        columns = ["leave_id", "legal_entity", "partition_date"]
+        frames = [
+            self._frame(
+                sa.select(t.c.leave_id, t.c.legal_entity, t.c.partition_date).where(
+                    t.c.target.in_(list(targets)), t.c.event_key.in_(keys[i : i + 500])
+                ),
+                columns,
+            )
+            for i in range(0, len(keys), 500)
+        ]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
     def snapshot_all(self, target: str | None = None) -> pd.DataFrame:
         stmt = sa.select(snapshot_table)

@@ -84,8 +84,7 @@ class HRBuilder:
             status=status,
             start_date=start,
             end_date=end or start,
-            updated_at=dt.datetime(2026, 1, 1),
-            **extra,
+            **{"updated_at": dt.datetime(2026, 1, 1), **extra},
         )
         return lid
 

@@ -87,6 +87,8 @@ class IcsProvider(CalendarProvider):
         dirty = False
         for change in changes:
             uid = uid_for(change.event_key)
+            if change.op == "delete" and _is_copy(ours, change):
+                uid = str(change.provider_event_id)  # drift deletes a copy of ours by its UID
             existing = ours.get(uid)
             if change.op == "delete":
                 if existing is not None:
@@ -162,6 +164,12 @@ class IcsProvider(CalendarProvider):
                     payload=payload,
                     version=str(comp.get("SEQUENCE", 0)),
                 )
+
+
+def _is_copy(ours: dict, change: EventChange) -> bool:
+    """A delete naming another event of ours with this key (a copy a client made)."""
+    other = ours.get(str(change.provider_event_id)) if change.provider_event_id else None
+    return other is not None and str(other.get(KEY_PROP)) == change.event_key
 
 
 def _read(path: Path) -> Calendar | None:

@@ -88,15 +88,21 @@ def test_move_to_another_partition_without_change_is_a_relocation():
     ]
 
 
-def test_new_calendar_is_delete_there_then_create_here():
+def test_new_calendar_is_one_move_carrying_the_old_calendar_and_its_ids():
     d = desired(
         {"event_key": "leave-1", "leave_id": "1", "fingerprint": 5, "calendar": "b@example.com"}
     )
     s = snapshot({"event_key": "leave-1", "leave_id": "1", "fingerprint": 5})
     changes = compute_diff(d, s).changes
-    assert list(zip(changes["op"], changes["calendar"], strict=True)) == [
-        ("delete", "a@example.com"),
-        ("create", "b@example.com"),
+    (move,) = changes.to_dict("records")
+    assert (move["op"], move["calendar"], move["from_calendar"]) == (
+        "move",
+        "b@example.com",
+        "a@example.com",
+    )
+    assert (move["provider_event_id"], move["version"], move["fingerprint"]) == ("pid", "0", 5)
+    assert compute_diff(d, s).counts()[["move", "create", "delete"]].to_dict("records") == [
+        {"move": 1, "create": 0, "delete": 0}
     ]
 
 

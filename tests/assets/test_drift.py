@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from icalendar import Calendar
 
-from assets.drift import KINDS, compare_target, measure_drift
-from assets.drift_report import history_by_run, write_report
+from assets.drift import KINDS, compare_target, history_by_run, measure_drift
+from assets.drift_report import write_report
 from resources.providers.base import EventPayload, RemoteEvent
 from resources.providers.ics import KEY_PROP, feed_file_name
 from tests.harness import Pipeline, make_config, scope
@@ -145,7 +145,7 @@ def test_orphan_that_hr_wants_is_adopted_into_the_snapshot(setup):
     assert pipeline.plan(SCOPES).diff.changes.empty
 
 
-def test_a_users_copy_carrying_our_tag_is_reported_and_never_deleted(setup):
+def test_a_copy_carrying_our_tag_and_key_is_a_duplicate_and_deleted(setup):
     pipeline, ids, feeds = setup
 
     def user_copy(cal, ev):
@@ -157,10 +157,14 @@ def test_a_users_copy_carrying_our_tag_is_reported_and_never_deleted(setup):
 
     report = drift(pipeline)
 
-    assert kinds(report) == [("duplicate", f"leave-{ids[2]}", False)]
+    # Our tag and our key make it ours, whoever made it twice: the snapshot's one is kept.
+    assert kinds(report) == [("duplicate", f"leave-{ids[2]}", True)]
     assert "copied-by-bob@client" in report.findings.iloc[0]["detail"]
     uids = sorted(str(e["UID"]) for e in feeds.events("bob@example.com"))
-    assert uids == sorted(["copied-by-bob@client", f"leave-{ids[2]}@leavesync"])
+    assert uids == [f"leave-{ids[2]}@leavesync"]
+    snap = pipeline.state.snapshot_all().set_index("event_key")
+    assert snap.loc[f"leave-{ids[2]}", "provider_event_id"] == f"leave-{ids[2]}@leavesync"
+    assert drift(pipeline).findings.empty
 
 
 def test_event_hr_no_longer_wants_is_stale_and_deleted(setup, hr):
@@ -260,7 +264,9 @@ def test_history_is_recorded_and_the_report_and_plot_are_written(setup, tmp_path
 
     history = pipeline.state.drift_history()
     runs = history_by_run(history)
-    page, png = write_report(tmp_path, history, report)
+    page, png = write_report(
+        tmp_path, runs, report.summary(), report.by_entity_and_date(), report.findings, []
+    )
 
     assert list(runs["missing"]) == [0, 1] and list(runs["repaired"]) == [0, 1]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -337,7 +343,7 @@ def test_cli_drift_reports_then_repairs_through_dagster(home, hr, capsys):
     assert f"drift report: {report}" in repaired and report.is_file()
 
 
-def test_google_target_drift_modified_repaired_and_users_copy_kept(home, hr, monkeypatch):
+def test_google_target_drift_modified_repaired_and_copy_deleted(home, hr, monkeypatch):
     import json
 
     from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
@@ -369,12 +375,104 @@ def test_google_target_drift_modified_repaired_and_users_copy_kept(home, hr, mon
         report = drift(pipeline)
 
         assert kinds(report) == [
-            ("duplicate", f"leave-{copied}", False),
+            ("duplicate", f"leave-{copied}", True),
             ("modified", f"leave-{edited}", True),
         ]
         events = emulator.events("ann@example.com")
         keys = sorted(e["extendedProperties"]["private"]["leavesyncKey"] for e in events)
-        assert keys == sorted([f"leave-{edited}", f"leave-{copied}", f"leave-{copied}"])
+        assert keys == sorted([f"leave-{edited}", f"leave-{copied}"])
+        assert by_key[f"leave-{copied}"]["id"] in {e["id"] for e in events}  # the snapshot's
         assert "Golf" not in {e["summary"] for e in events}
     finally:
         emulator.stop()
+
+
+# --- every calendar we ever wrote to: the registry, and a full read-back for a new store ----
+
+
+class ReadBackRecorder:
+    """The real provider; remembers which calendars each read_back asked for."""
+
+    def __init__(self, provider) -> None:
+        self.provider, self.read = provider, []
+
+    def read_back(self, calendars, start, end):
+        calendars = list(calendars)
+        self.read.append(sorted(calendars))
+        return self.provider.read_back(calendars, start, end)
+
+    def __getattr__(self, name):
+        return getattr(self.provider, name)
+
+
+def drift_recorded(pipeline: Pipeline):
+    recorder = ReadBackRecorder(pipeline.settings.provider("feeds"))
+    plan = pipeline.plan(SCOPES)
+    report = measure_drift(
+        plan, pipeline.cfg, pipeline.hr, pipeline.state, lambda name: recorder, uuid.uuid4().hex
+    )
+    return report, sorted({c for call in recorder.read for c in call})
+
+
+def test_stale_event_only_the_registry_knows_of_is_deleted(setup, hr):
+    pipeline, ids, feeds = setup
+    drift(pipeline)  # the first drift of a store reads every employee HR knows, once
+    hr.update_leave(ids[2], status="cancelled")  # bob's only leave
+    with pipeline.state.engine().begin() as conn:  # ... and its snapshot row is lost
+        conn.execute(sa.text("DELETE FROM snapshot WHERE event_key = :k"), {"k": f"leave-{ids[2]}"})
+
+    report, read = drift_recorded(pipeline)
+
+    assert "bob@example.com" in read  # neither the snapshot nor HR points there any more
+    assert kinds(report) == [("orphan", f"leave-{ids[2]}", True)]
+    assert feeds.keys("bob@example.com") == []
+
+
+def test_a_new_state_store_makes_drift_read_back_every_employee_hr_knows_once(home, hr):
+    hr.employee(1, email="ann@example.com")
+    hr.employee(2, email="bob@example.com")
+    kept = hr.leave(1, day(0))
+    gone = hr.leave(2, day(1))
+    Pipeline(make_config(home, hr.url)).sync(SCOPES)
+    hr.update_leave(gone, status="cancelled")
+    (home / "state.sqlite").unlink()  # the state store is lost
+    pipeline = Pipeline(make_config(home, hr.url))
+
+    report, read = drift_recorded(pipeline)
+
+    assert read == ["ann@example.com", "bob@example.com"]
+    assert kinds(report) == sorted(
+        [("orphan", f"leave-{gone}", True), ("orphan", f"leave-{kept}", True)]
+    )
+    feeds = Feeds(home)
+    assert feeds.keys("bob@example.com") == [] and feeds.keys("ann@example.com") == [
+        f"leave-{kept}"
+    ]
+    again, read = drift_recorded(pipeline)
+    assert again.findings.empty and read == ["ann@example.com"]  # no second full read-back
+
+
+def test_duplicates_none_of_which_the_snapshot_knows_keep_one_as_hr_wants_it(setup):
+    pipeline, ids, feeds = setup
+    with pipeline.state.engine().begin() as conn:
+        conn.execute(sa.text("DELETE FROM snapshot WHERE event_key = :k"), {"k": f"leave-{ids[0]}"})
+
+    def two_copies(cal, ev):
+        for uid in ("copy-1@client", "copy-2@client"):
+            dup = copy.deepcopy(ev)
+            dup["UID"] = uid
+            dup["SUMMARY"] = "edited copy"
+            cal.add_component(dup)
+
+    feeds.edit("ann@example.com", f"leave-{ids[0]}", two_copies)
+
+    report = drift(pipeline)
+
+    assert kinds(report) == sorted(
+        [("duplicate", f"leave-{ids[0]}", True)] * 2 + [("orphan", f"leave-{ids[0]}", True)]
+    )
+    events = [e for e in feeds.events("ann@example.com") if str(e[KEY_PROP]) == f"leave-{ids[0]}"]
+    assert [(str(e["UID"]), str(e["SUMMARY"])) for e in events] == [
+        (f"leave-{ids[0]}@leavesync", "Absent")
+    ]
+    assert drift(pipeline).findings.empty

@@ -33,7 +33,13 @@ def change(op: str, key: str, entity: str = "FR", **over) -> dict:
 
 def diff(*rows: dict) -> pd.DataFrame:
     base = [change("create", "leave-1"), change("update", "leave-2"), change("delete", "leave-3")]
-    return pd.DataFrame([*base, *rows], columns=list(CHANGE_COLUMNS))
+    frame = pd.DataFrame([*base, *rows], columns=list(CHANGE_COLUMNS))
+    # As compute_diff makes it: integer fingerprints, missing (NA) for deletes.
+    return frame.astype({"fingerprint": "Int64"})
+
+
+def move(key: str, **over) -> dict:
+    return change("move", key, **{"from_calendar": "ann.old@example.com", **over})
 
 
 def run(tmp_path: Path, changes: pd.DataFrame, quarantined=(), name="run", keep=100):
@@ -129,7 +135,50 @@ def test_each_fault_fails_exactly_its_expectation(tmp_path, rule, bad):
     assert [o.rule for o in result.failures] == [rule]
     (failure,) = result.failures
     assert bad["event_key"] in failure.event_keys and "US" in failure.legal_entities
-    assert rule in result.message() and result.docs_url in result.message()
+    assert rule in failure.message()
+    # One person never blocks a legal entity: the faulty change is held back, not the diff.
+    assert not result.refuses
+    held = {3} | ({0} if rule == "one_change_per_event" else set())
+    assert set(result.quarantined_rows()) == held
+
+
+def test_a_move_is_one_change_and_passes(tmp_path):
+    result = run(tmp_path, diff(move("leave-4")))
+
+    assert result.success and result.evaluated == 4
+
+
+@pytest.mark.parametrize(
+    ("rule", "bad"),
+    [
+        ("from_calendar_present", move("leave-4", from_calendar=None)),
+        ("from_calendar_well_formed", move("leave-4", from_calendar="../x")),
+        ("one_change_per_event", move("leave-2")),
+        ("op_known", change("relocate", "leave-4")),
+    ],
+)
+def test_a_faulty_move_is_held_back_alone(tmp_path, rule, bad):
+    result = run(tmp_path, diff(bad))
+
+    assert [o.rule for o in result.failures] == [rule] and not result.refuses
+    assert 3 in result.quarantined_rows()
+
+
+def test_a_missing_column_refuses_the_whole_diff(tmp_path):
+    result = run(tmp_path, diff().drop(columns=["from_calendar"]))
+
+    assert result.refuses
+    assert "columns_as_expected" in [o.rule for o in result.refusing]
+    assert "as a whole" in result.message() and "cannot be overridden" in result.message()
+    assert result.docs_url in result.message()
+
+
+def test_fingerprints_that_are_not_integers_refuse_the_whole_diff(tmp_path):
+    # Floats would silently round fingerprints above 2**53 and re-write unchanged events.
+    result = run(tmp_path, diff().astype({"fingerprint": "float64"}))
+
+    assert [o.rule for o in result.refusing] == ["fingerprint_is_integer"]
+    assert result.quarantined_rows() == {}
 
 
 def test_delete_of_a_quarantined_leaves_event_fails(tmp_path):

@@ -172,3 +172,12 @@ def test_fingerprint_equals_the_payload_fingerprint_and_changes_with_any_field()
     assert events.iloc[0]["fingerprint"] != events.iloc[1]["fingerprint"]
     again = render(leave(), leave(leave_id="2", end_date="2026-03-05"))
     assert list(again["fingerprint"]) == list(events["fingerprint"])
+
+
+def test_categories_are_written_as_calendars_read_them_back():
+    """ "HR, Leave" is stored as a list and read back "HR,Leave": configured the same way."""
+    from resources.config import parse_config
+
+    cfg = parse_config({"events": {"categories": " HR,  Leave ,, Away "}})
+    assert cfg.events.categories == "HR,Leave,Away"
+    assert parse_config({}).events.categories == ""

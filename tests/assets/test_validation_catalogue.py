@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from icalendar import Calendar
 
+from assets.gx_suite import SuiteResult
 from assets.validation import (
     DATE_MISSING,
     DATE_OUT_OF_RANGE,
@@ -486,6 +487,34 @@ def test_a_leave_without_start_date_is_extracted_by_every_range_and_quarantined(
     assert result.summary().set_index("legal_entity").loc["FR", "quarantined"] == 1
 
 
+# --- the GX suite: what concerns the whole diff refuses it -------------------------------
+
+
+def test_a_type_break_in_the_diff_refuses_it_whole_even_with_allow_mass_delete(
+    home, hr, pipeline, monkeypatch
+):
+    import assets.leave_diff as leave_diff
+
+    original = leave_diff.compute_diff
+
+    def floats(*args, **kwargs):  # a regression that turns fingerprints into floats
+        diff = original(*args, **kwargs)
+        diff.changes = diff.changes.astype({"fingerprint": "float64"})
+        return diff
+
+    monkeypatch.setattr(leave_diff, "compute_diff", floats)
+    hr.employee(1)
+    hr.leave(1, DAY)
+
+    result, outcome = pipeline.sync(scopes(), allow_mass_delete=True)
+
+    assert result.refused and outcome is None and all_keys(home) == set()
+    (suite,) = [r for r in result.refusals if isinstance(r, SuiteResult)]
+    assert [o.rule for o in suite.refusing] == ["fingerprint_is_integer"]
+    assert "as a whole" in suite.message() and "cannot be overridden" in suite.message()
+    assert result.quarantine.empty
+
+
 # --- blast radius: refused, nothing deleted, and how to override ----------------------------
 
 
@@ -707,22 +736,34 @@ def without_workday_rule(monkeypatch) -> None:
     monkeypatch.setattr(validation, "rule_violations", missing_one_rule)
 
 
-def test_dagster_gx_failure_blocks_calendar_sync_and_links_data_docs(home, hr, monkeypatch):
+def test_dagster_gx_failure_of_one_key_quarantines_it_and_the_entity_goes_on(home, hr, monkeypatch):
     from pipelines.runner import reconcile
+    from resources.state import StateStore
 
     without_workday_rule(monkeypatch)
     hr.entity("ZZ", "Europe/Berlin", (9, 0), (13, 0), (12, 0))
-    hr.employee(1, entity="ZZ")
+    hr.employee(1, entity="ZZ", email="zoe@example.com")
     half = hr.leave(1, DAY, start_half="PM")
+    whole = hr.leave(1, day(1))
     cfg = make_config(home, hr.url)
 
-    (run,) = reconcile(cfg, ["ZZ"], DAY, DAY, progress=lambda m: None, allow_mass_delete=True)
+    (run,) = reconcile(cfg, ["ZZ"], DAY, day(1), progress=lambda m: None)
 
-    assert run.status == "blocked" and "calendar_sync" not in materialized(run.run_id)
-    assert any("dates_ordered" in m and f"leave-{half}" in m for m in run.messages)
+    assert run.status == "ok" and "calendar_sync" in materialized(run.run_id)
     safety = check_evaluations(run.run_id)["diff_is_safe"]
-    assert safety.metadata["gx_suite_passed"].value is False
+    assert safety.passed and safety.metadata["gx_suite_passed"].value is False
+    held = safety.metadata["quarantined_keys"].value
+    assert f"leave-{half}" in held and "zoe@example.com" in held and "dates_ordered" in held
     page = Path(safety.metadata["data_docs"].value.removeprefix("file://"))
     assert "a written event ends after it starts" in page.read_text(encoding="utf-8")
-    assert "dates_ordered" in safety.metadata["gx_suite"].value
-    assert all_keys(home) == set()
+    rows_check = check_evaluations(run.run_id)["rows_are_valid"]
+    assert not rows_check.passed
+    quarantined = rows_check.metadata["quarantine"].value.records
+    assert [(r.data["leave_id"], r.data["employee"], r.data["rule"]) for r in quarantined] == [
+        (str(half), "zoe@example.com", "dates_ordered")
+    ]
+    stored = StateStore(url=cfg.state_url()).quarantine_for_run(run.run_id)
+    assert [(r.event_key, r.rule, r.employee_email, r.partition) for r in stored.itertuples()] == [
+        (f"leave-{half}", "dates_ordered", "zoe@example.com", "ZZ")
+    ]
+    assert all_keys(home) == {f"leave-{whole}"}

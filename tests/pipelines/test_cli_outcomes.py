@@ -80,7 +80,14 @@ def test_a_blocked_entity_exits_1_and_writes_nothing_it_planned(home, hr, capsys
     captured = capsys.readouterr()
     (row,) = summary_rows(captured.out)
     assert row[:2] == ["FR", "blocked"]
-    assert row[2:7] == ["0", "0", "0", "0", "12"]  # created updated deleted failed not-applied
+    assert row[2:8] == [
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+        "12",
+    ]  # created updated deleted moved failed not-applied
     assert "written: 0 changes; failed: 0; not applied: 12" in captured.out
     assert "total changes" not in captured.out
     assert "not reconciled: FR (blocked" in captured.err

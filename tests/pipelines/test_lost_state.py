@@ -1,0 +1,273 @@
+"""Lost or restored state store (#20), per target: 0 duplicates, 0 lost, and after drift 0 stale.
+
+Each target's calendars are read straight from its store (the feed files, the emulator's
+memory), not through our provider; content is compared through the provider's read-back.
+A target joins ``TARGETS`` once its provider looks our key up before every create.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from icalendar import Calendar
+
+from assets.drift import measure_drift
+from resources.providers.base import EventPayload, changed_fields
+from resources.providers.ics import KEY_PROP, feed_file_name
+from tests.harness import Pipeline, make_config, scope
+
+D = dt.date.today() + dt.timedelta(days=3)
+END = D + dt.timedelta(days=60)
+SCOPES = [scope("FR", D, END), scope("US", D, END)]
+EMPLOYEES = {i: f"emp{i}@example.com" for i in range(1, 21)}
+
+
+@dataclass
+class CalendarTarget:
+    """A target under test: its configuration, and what its calendars hold, read directly."""
+
+    config: dict
+    held: Callable[[], Counter]  # (calendar, event key) -> how many events
+
+
+def ics_target(home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
+    directory = home / "feeds"
+    by_file = {feed_file_name(e): e for e in EMPLOYEES.values()}
+
+    def held() -> Counter:
+        out: Counter = Counter()
+        for path in directory.glob("*.ics"):
+            for event in Calendar.from_ical(path.read_bytes()).walk("VEVENT"):
+                if event.get(KEY_PROP):
+                    out[(by_file[path.name], str(event.get(KEY_PROP)))] += 1
+        return out
+
+    yield CalendarTarget(
+        {"name": "feeds", "type": "ics", "settings": {"directory": str(directory)}}, held
+    )
+
+
+def google_target(home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
+    from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
+
+    info, public_key = make_service_account()
+    emulator = GoogleCalendarEmulator(info["client_email"], public_key, set(EMPLOYEES.values()))
+    emulator.start()
+    monkeypatch.setenv("LEAVESYNC_TEST_GOOGLE_KEY", json.dumps(info))
+
+    def held() -> Counter:
+        return Counter(
+            (user, e["extendedProperties"]["private"]["leavesyncKey"])
+            for user in EMPLOYEES.values()
+            for e in emulator.events(user)
+            if (e.get("extendedProperties") or {}).get("private", {}).get("leavesyncKey")
+        )
+
+    settings = {
+        "service_account_key_env": "LEAVESYNC_TEST_GOOGLE_KEY",
+        "api_base_url": emulator.base_url,
+        "token_uri": emulator.token_uri,
+        "backoff_base_seconds": 0.01,
+    }
+    try:
+        yield CalendarTarget({"name": "workspace", "type": "google", "settings": settings}, held)
+    finally:
+        emulator.stop()
+
+
+def graph_target(home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
+    from tests.emulators.graph import GraphEmulator
+
+    emulator = GraphEmulator.start(tmp_path / "pki")
+    client_id = "11111111-2222-3333-4444-555555555555"
+    emulator.register_app(client_id, "s3cret-value")
+    monkeypatch.setenv("LEAVESYNC_TEST_GRAPH_SECRET", "s3cret-value")
+
+    def held() -> Counter:
+        out: Counter = Counter()
+        for user in EMPLOYEES.values():
+            for event in emulator.events(user):
+                props = event.get("singleValueExtendedProperties") or []
+                for prop in props:
+                    if prop["id"].endswith("leavesyncKey"):
+                        out[(user, prop["value"])] += 1
+        return out
+
+    settings = {
+        "tenant_id": emulator.tenant_id,
+        "client_id": client_id,
+        "client_secret_env": "LEAVESYNC_TEST_GRAPH_SECRET",
+        "authority": emulator.base_url,
+        "graph_url": emulator.base_url,
+        "ca_bundle": str(emulator.pki.ca_file),
+    }
+    try:
+        yield CalendarTarget(
+            {"name": "m365", "type": "microsoft_graph", "settings": settings}, held
+        )
+    finally:
+        emulator.stop()
+
+
+def ews_target(home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
+    from resources.providers.ews.mapping import KEY_PROPERTY
+    from tests.emulators.ews import EwsEmulator
+
+    with EwsEmulator(list(EMPLOYEES.values())) as emulator:
+        monkeypatch.setenv("LEAVESYNC_TEST_EWS_PASSWORD", emulator.password)
+
+        def held() -> Counter:
+            return Counter(
+                (user, item.extended_value(KEY_PROPERTY))
+                for user in EMPLOYEES.values()
+                for item in emulator.items(user)
+                if item.extended_value(KEY_PROPERTY)
+            )
+
+        settings = {
+            "ews_url": emulator.url,
+            "username": emulator.username,
+            "password_env": "LEAVESYNC_TEST_EWS_PASSWORD",
+            "auth_type": "basic",
+            "backoff_base": 0.01,
+            "backoff_cap": 0.2,
+        }
+        yield CalendarTarget({"name": "exchange", "type": "ews", "settings": settings}, held)
+
+
+TARGETS = {
+    "ics": ics_target,
+    "google": google_target,
+    "microsoft_graph": graph_target,
+    "ews": ews_target,
+}
+
+
+@pytest.fixture(params=sorted(TARGETS))
+def target(request, home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
+    yield from TARGETS[request.param](home, monkeypatch, tmp_path)
+
+
+def seed(hr) -> list[int]:
+    """20 employees in two legal entities, two leaves each: whole days, half days, pending."""
+    ids = []
+    for i, email in EMPLOYEES.items():
+        hr.employee(i, "FR" if i <= 10 else "US", email)
+        day = D + dt.timedelta(days=i)
+        ids.append(hr.leave(i, day, day + dt.timedelta(days=1)))
+        ids.append(hr.leave(i, day + dt.timedelta(days=14), start_half="PM", status="pending"))
+    return ids
+
+
+def hr_edits(hr, ids: list[int]) -> None:
+    for n, lid in enumerate(ids):
+        if n % 3 == 0:
+            hr.update_leave(lid, end_date=D + dt.timedelta(days=40 + n % 7))
+        elif n % 3 == 1:
+            hr.update_leave(lid, status="approved", start_half=None)
+        else:
+            hr.update_leave(lid, end_date=D + dt.timedelta(days=45), end_half="AM")
+
+
+def wanted(hr) -> set[tuple[str, str]]:
+    """(calendar, event key) of every leave HR wants in a calendar now."""
+    with hr.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT l.id, e.email FROM leaves l JOIN employees e ON e.id = l.employee_id "
+            "WHERE l.status IN ('pending', 'approved')"
+        ).fetchall()
+    return {(email, f"leave-{lid}") for lid, email in rows}
+
+
+def sync(p: Pipeline):
+    result, outcome = p.sync(SCOPES)
+    assert not result.refused, [r.message() for r in result.refusals]
+    assert outcome is not None and outcome.failed == [], outcome and outcome.failed
+    return result
+
+
+def drift(p: Pipeline):
+    report = measure_drift(
+        p.plan(SCOPES), p.cfg, p.hr, p.state, p.settings.provider, uuid.uuid4().hex
+    )
+    assert report.errors == []
+    return report
+
+
+def check(p: Pipeline, target: CalendarTarget, hr, stale_allowed: bool = False) -> set:
+    """0 duplicates, 0 lost (each wanted event once, as HR wants it); the stale ones found."""
+    held = target.held()
+    assert {k: n for k, n in held.items() if n > 1} == {}, "duplicates"
+    want = wanted(hr)
+    quarantine = p.plan(SCOPES).quarantine
+    assert quarantine[quarantine["severity"] == "error"].empty  # every leave here is valid
+    assert want - set(held) == set(), "lost"
+    stale = set(held) - want
+    assert stale_allowed or stale == set(), "stale"
+    name = target.config["name"]
+    provider = p.settings.provider(name)
+    remote = {
+        (r.calendar, r.event_key): r
+        for r in provider.read_back(sorted(EMPLOYEES.values()), D, END + dt.timedelta(days=1))
+    }
+    snapshot = p.state.snapshot_all(name).set_index("event_key")
+    desired = p.plan(SCOPES).desired.set_index("event_key")
+    for calendar, key in want:
+        written = EventPayload.from_dict(json.loads(snapshot.loc[key, "payload"]))
+        assert int(snapshot.loc[key, "fingerprint"]) == int(desired.loc[key, "fingerprint"]), key
+        assert snapshot.loc[key, "calendar"] == calendar, key
+        got = remote[(calendar, key)].payload
+        assert changed_fields(written, got, provider.compared_fields) == [], key
+    return stale
+
+
+def test_state_store_lost_then_hr_edits_adds_and_cancels(home, hr, target):
+    ids = seed(hr)
+    cfg = make_config(home, hr.url, targets=[target.config])
+    sync(Pipeline(cfg))
+    (home / "state.sqlite").unlink()  # the state store is lost
+    hr_edits(hr, ids[:12])
+    for i in range(1, 11):  # ten new leaves
+        hr.leave(i * 2, D + dt.timedelta(days=30 + i))
+    # Five cancellations; employees 19 and 20 are left with no live leave at all, so nothing
+    # HR still wants points drift at their calendars.
+    cancelled = [ids[36], ids[37], ids[38], ids[39], ids[20]]
+    for lid in cancelled:
+        hr.update_leave(lid, status="cancelled")
+    p = Pipeline(cfg)
+
+    sync(p)
+
+    stale = check(p, target, hr, stale_allowed=True)
+    assert {key for _, key in stale} <= {f"leave-{i}" for i in cancelled}
+    drift(p)
+    assert check(p, target, hr) == set()
+    assert sync(p).diff.changes.empty
+
+
+def test_older_state_store_restored_then_hr_edits_what_it_does_not_know(home, hr, target, tmp_path):
+    ids = seed(hr)
+    cfg = make_config(home, hr.url, targets=[target.config])
+    p = Pipeline(cfg)
+    sync(p)
+    shutil.copy(home / "state.sqlite", tmp_path / "backup.sqlite")
+    new = [hr.leave(i * 2, D + dt.timedelta(days=30 + i)) for i in range(1, 11)]
+    hr_edits(hr, ids[:4])
+    sync(p)
+    assert check(p, target, hr) == set()
+    shutil.copy(tmp_path / "backup.sqlite", home / "state.sqlite")  # an older copy is back
+    hr_edits(hr, new)  # HR edits the leaves the restored store does not know
+    p = Pipeline(cfg)
+
+    sync(p)
+    drift(p)
+
+    assert check(p, target, hr) == set()
+    assert sync(p).diff.changes.empty
