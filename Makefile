@@ -10,8 +10,9 @@ export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
 # Per-partition materializations of a range run stored in batches (PostgreSQL storage).
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 export GX_ANALYTICS_ENABLED ?= false
+UI_PORT ?= 3000
 
-.PHONY: install demo sync test ui lint format bench bench-smoke bench-cli bench-providers services clean
+.PHONY: install demo sync test ui ui-check lint format bench bench-smoke bench-cli bench-providers services clean
 
 install: $(VENV)/.installed
 
@@ -35,8 +36,13 @@ test: install services  ## the whole test suite
 
 ui: install  ## the Dagster UI (and daemon: schedule, sensor, backfills) on the demo's instance
 	mkdir -p $(DAGSTER_HOME)
-	test -s $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/python -c 'import sys; from pathlib import Path; from pipelines.runner import ensure_instance_settings as e; e(Path(sys.argv[1]))' $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
+
+ui-check: install  ## the browser check: `make ui` on the demo, in Chromium (Debian's package)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	test -s $(LEAVESYNC_HOME)/hr.sqlite || $(BIN)/leavesync demo
+	$(BIN)/python scripts/ui_check.py $(UI_CHECK_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ from dagster import (
 from assets.diff import CHANGE_COLUMNS, Diff
 from assets.drift_report import write_report
 from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, LeaveDiff, snapshot_in_scope
+from assets.links import report_link
 from assets.render import EVENT_COLUMNS, served_by
 from assets.sync import CALENDAR_SYNC, apply_diff
 from assets.tables import markdown_table
@@ -593,8 +594,8 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
                     markdown_table(report.findings.drop(columns=["detail"]), limit=100)
                 ),
                 "notes": MetadataValue.json(report.notes),
-                "report": MetadataValue.path(str(html)),
-                "plot": MetadataValue.path(str(png)),
+                "report": report_link(cfg, html),
+                "plot": report_link(cfg, png),
             }
         )
 

@@ -2,6 +2,7 @@
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 from dagster import (
@@ -30,6 +31,7 @@ from assets.entity_report import (
 )
 from assets.extract import HR_LEAVES, PARTITION_COLUMN
 from assets.gx_suite import SuiteResult, validate_diff
+from assets.links import report_link
 from assets.render import EVENT_COLUMNS, render_events
 from assets.tables import markdown_table
 from assets.validation import (
@@ -208,6 +210,13 @@ def plan(
     )
 
 
+def _file_path(uri: str) -> Path:
+    """The local path of a file:// URI (how GX names its Data Docs pages)."""
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(uri).path))
+
+
 def suite_quarantine(
     changes: pd.DataFrame, suite: SuiteResult, leaves: pd.DataFrame
 ) -> pd.DataFrame:
@@ -263,7 +272,7 @@ def _change(change: pd.Series) -> dict:
     return {f"change.{k}": v for k, v in change.items() if v is not None and not pd.isna(v)}
 
 
-def _safety_metadata(result: LeaveDiff) -> dict:
+def _safety_metadata(result: LeaveDiff, cfg: AppConfig) -> dict:
     """The blocking check's metadata: refusals, overrides, the suite's verdict, Data Docs link."""
     meta: dict = {
         "refusals": MetadataValue.json([r.message() for r in result.refusals]),
@@ -279,9 +288,9 @@ def _safety_metadata(result: LeaveDiff) -> dict:
         meta["gx_suite_passed"] = result.suite.success
         meta["gx_suite"] = MetadataValue.md(markdown_table(result.suite.table()))
         if result.suite.docs_url:
-            meta["data_docs"] = MetadataValue.url(result.suite.docs_url)
+            meta["data_docs"] = report_link(cfg, _file_path(result.suite.docs_url))
         if result.suite.docs_index:
-            meta["data_docs_index"] = MetadataValue.url(result.suite.docs_index)
+            meta["data_docs_index"] = report_link(cfg, _file_path(result.suite.docs_index))
     return meta
 
 
@@ -403,7 +412,7 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
             check_name=SAFETY_CHECK,
             passed=not result.refused,
             severity=AssetCheckSeverity.ERROR,
-            metadata=_safety_metadata(result),
+            metadata=_safety_metadata(result, cfg),
         )
         errors = (
             result.quarantine[result.quarantine["severity"] == "error"]
@@ -424,7 +433,7 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
         for scope in scopes:
             mine = result.quarantine[result.quarantine[PARTITION_COLUMN] == scope.entity_key]
             path = write_quarantine_csv(quarantine_rows(mine), cfg.reports_dir(), scope.entity_key)
-            meta[f"quarantine_csv_{scope.entity_key}"] = MetadataValue.path(str(path))
+            meta[f"quarantine_csv_{scope.entity_key}"] = report_link(cfg, path)
         yield AssetCheckResult(
             check_name=ROWS_CHECK,
             passed=errors.empty,

@@ -69,7 +69,7 @@ def build_definitions(cfg: AppConfig) -> Definitions:
             build_nightly_schedule(cfg, "drift_report", DRIFT_JOB, cfg.window.drift_cron),
         ],
         sensors=[
-            build_entity_sensor(resources["hr"]),
+            build_entity_sensor(resources["hr"], cfg.window.schedules_running),
             # Off where HR's updated_at cannot be trusted: the nightly run is then the only path.
             *(
                 [build_hr_changes_sensor(cfg, resources["hr"], resources["state"])]

@@ -30,14 +30,25 @@ def ensure_dagster_home(cfg: AppConfig) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     settings = home / "dagster.yaml"
-    if not settings.exists() or not settings.read_text().strip():
-        # The CLI's output is ours: no telemetry banner on the instance's first use.
-        settings.write_text("telemetry:\n  enabled: false\n")
+    ensure_instance_settings(settings)
     # One "materialization planned" event per asset for a run over a partition range.
     os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
     # Store a range run's per-partition materializations in batches (PostgreSQL storage).
     os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
     return home
+
+
+def ensure_instance_settings(settings: Path) -> None:
+    """Turn telemetry and the UI's pop-ups off in a dagster.yaml that does not set them."""
+    text = settings.read_text() if settings.exists() else ""
+    missing = [
+        f"{key}:\n  enabled: false\n"
+        for key in ("telemetry", "nux")
+        if not re.search(rf"^{key}:", text, re.MULTILINE)
+    ]
+    if missing:
+        sep = "" if not text or text.endswith("\n") else "\n"
+        settings.write_text(text + sep + "".join(missing))
 
 
 @dataclass
@@ -179,6 +190,7 @@ def run_job(
     from pipelines.definitions import PLAN_JOB, build_definitions
     from pipelines.orphans import sweep
     from pipelines.partitions import range_tags
+    from pipelines.run_queue import entity_tags
     from resources.scope import window_today
 
     sweep(cfg, progress)  # a run left in progress by a dead process frees its entity first
@@ -198,6 +210,8 @@ def run_job(
     for key in keys:
         run_tags = {
             **range_tags(key, date_from, date_to, today),
+            # The queue's per-entity limit sees this run while it is in progress.
+            **entity_tags([key]),
             "leavesync/trigger": "cli",
             **(tags or {}),
         }

@@ -3,9 +3,16 @@
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from dagster import RunRequest, ScheduleDefinition, ScheduleEvaluationContext, schedule
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    schedule,
+)
 
 from pipelines.partitions import ENTITY_DIMENSION, first_partition, range_tags
+from pipelines.run_queue import entity_tags
 from resources.config import AppConfig
 
 RECONCILE_JOB = "reconcile"
@@ -26,6 +33,7 @@ def nightly_run_requests(
             run_key=f"{schedule_name}-{today.isoformat()}-{key}",
             tags={
                 **range_tags(key, date_from, date_to, today),
+                **entity_tags([key]),
                 "leavesync/trigger": schedule_name,
             },
         )
@@ -43,6 +51,9 @@ def build_nightly_schedule(
         cron_schedule=cron,
         execution_timezone=cfg.window.timezone,
         job_name=job_name,
+        default_status=DefaultScheduleStatus.RUNNING
+        if cfg.window.schedules_running
+        else DefaultScheduleStatus.STOPPED,
         description=f"Runs {job_name} over the window for every legal entity, one run per entity.",
     )
     def _schedule(context: ScheduleEvaluationContext):

@@ -30,10 +30,11 @@ from resources.scope import month_start, window_today
 from resources.state import StateStore
 
 
-def build_entity_sensor(hr: HRDatabase):
+def build_entity_sensor(hr: HRDatabase, running: bool = True):
     @sensor(
         name="legal_entities_from_hr",
         minimum_interval_seconds=300,
+        default_status=DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED,
         description="Adds a legal_entity partition for each legal entity HR knows.",
     )
     def legal_entities_from_hr(context: SensorEvaluationContext) -> SensorResult:

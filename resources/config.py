@@ -76,6 +76,11 @@ class WindowConfig(_Model):
         default=None,
         description="first month partition (default: the month the lookback window starts in)",
     )
+    schedules_running: bool = Field(
+        default=True,
+        description="schedules and sensors start running when the daemon first sees them "
+        "(a stop or start in the UI is kept over this)",
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -162,6 +167,11 @@ class ReportsConfig(_Model):
     )
     data_docs_directory: str | None = Field(
         default=None, description="GX Data Docs site (default: <reports folder>/data_docs)"
+    )
+    base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="http(s) URL where the reports folder is served; the UI links reports there",
     )
     data_docs_keep: int = Field(
         default=100, ge=1, le=100_000, description="validation runs kept in the Data Docs site"
