@@ -38,14 +38,29 @@ def ensure_dagster_home(cfg: AppConfig) -> Path:
     return home
 
 
+# The demo's queue (`make ui`): one run per legal entity at a time, as in production
+# (deploy/dagster.yaml), whatever launched it: hr_changes, the schedules, a backfill.
+DEMO_RUN_QUEUE = """run_coordinator:
+  module: pipelines.run_queue
+  class: LegalEntityRunCoordinator
+  config:
+    max_concurrent_runs: 2
+    max_concurrent_runs_per_legal_entity: 1
+    dequeue_interval_seconds: 2
+"""
+
+
 def ensure_instance_settings(settings: Path) -> None:
-    """Turn telemetry and the UI's pop-ups off in a dagster.yaml that does not set them."""
+    """Turn telemetry and the UI's pop-ups off, and queue runs one per legal entity at a time,
+    in a dagster.yaml that does not set them."""
     text = settings.read_text() if settings.exists() else ""
     missing = [
         f"{key}:\n  enabled: false\n"
         for key in ("telemetry", "nux")
         if not re.search(rf"^{key}:", text, re.MULTILINE)
     ]
+    if not re.search(r"^run_coordinator:", text, re.MULTILINE):
+        missing.append(DEMO_RUN_QUEUE)
     if missing:
         sep = "" if not text or text.endswith("\n") else "\n"
         settings.write_text(text + sep + "".join(missing))
