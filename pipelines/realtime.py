@@ -12,9 +12,11 @@ second whose digest no longer matches, so that second's rows count as changed ag
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +36,7 @@ TRIGGER = "hr_changes"
 CHANGES_TAG = "leavesync/hr_changes"  # what the run is for, in words (the UI shows it)
 # Past this many days an entity's run covers its whole nightly window, without a dates tag.
 MAX_TAGGED_DAYS = 62
-# Rows of one second the cursor remembers one by one (more: by their count and hash sum).
+# Rows of one second the cursor remembers one by one (more: in a sketch, _remember).
 MAX_ROWS_PER_SECOND = 32
 # Where a poll reads from when the source had no updated_at at all when first polled.
 EMPTY_START = dt.datetime(1900, 1, 1)
@@ -153,9 +155,94 @@ def _seconds(rows: pd.DataFrame, hashes: list[str]) -> dict[str, list[str]]:
 
 
 def _summary(hashes: list[str]) -> str:
-    """A large second (a bulk update) is remembered by its size and the sum of its hashes."""
+    """An old cursor's large second: its size and the sum of its hashes (still read)."""
     total = sum(int(h, 16) for h in hashes) % (1 << 64)
     return f"{len(hashes)}:{total:016x}"
+
+
+# A large second (a bulk update) is remembered by an invertible Bloom lookup table of its
+# rows' hashes (Eppstein, Goodrich et al., "What's the difference?", SIGCOMM 2011): 3 x 16
+# cells of (count, xor of hashes, xor of check hashes), about 1.3 kB whatever the rows.
+# Subtracting the table of the rows read now and peeling it lists the rows that arrived
+# (a late commit) and left (updated again) when they are a few dozen at most; when it
+# cannot, every row of the second counts as new (duplicates, never a loss).
+_SKETCH_PART = 16
+_SKETCH_CELLS = 3 * _SKETCH_PART
+_SKETCH_PREFIX = "s:"
+
+
+def _digest(value: int, person: bytes, size: int) -> bytes:
+    return hashlib.blake2b(value.to_bytes(8, "big"), digest_size=size, person=person).digest()
+
+
+def _cells_of(key: int) -> list[int]:
+    raw = _digest(key, b"cells", 12)
+    return [
+        part * _SKETCH_PART + int.from_bytes(raw[4 * part : 4 * part + 4], "big") % _SKETCH_PART
+        for part in range(3)
+    ]
+
+
+def _check_of(key: int) -> int:
+    return int.from_bytes(_digest(key, b"check", 8), "big")
+
+
+def _sketch(hashes: Sequence[str]) -> list[list[int]]:
+    cells = [[0, 0, 0] for _ in range(_SKETCH_CELLS)]
+    for text in hashes:
+        key = int(text, 16)
+        check = _check_of(key)
+        for i in _cells_of(key):
+            cell = cells[i]
+            cell[0] += 1
+            cell[1] ^= key
+            cell[2] ^= check
+    return cells
+
+
+def _encode_sketch(cells: list[list[int]]) -> str:
+    packed = b"".join(struct.pack(">iQQ", *cell) for cell in cells)
+    return _SKETCH_PREFIX + base64.b64encode(packed).decode()
+
+
+def _decode_sketch(text: str) -> list[list[int]] | None:
+    try:
+        raw = base64.b64decode(text.removeprefix(_SKETCH_PREFIX), validate=True)
+        cells = [list(struct.unpack_from(">iQQ", raw, 20 * i)) for i in range(_SKETCH_CELLS)]
+    except (ValueError, struct.error):
+        return None
+    return cells if len(raw) == 20 * _SKETCH_CELLS else None
+
+
+def _arrivals(before: str, hashes: Sequence[str]) -> set[str] | None:
+    """The hashes in ``hashes`` that the remembered second did not hold; None: unknown."""
+    old = _decode_sketch(before)
+    if old is None:
+        return None
+    cells = [
+        [a[0] - b[0], a[1] ^ b[1], a[2] ^ b[2]] for a, b in zip(old, _sketch(hashes), strict=True)
+    ]
+    arrived: set[int] = set()
+    progress = True
+    while progress:
+        progress = False
+        for cell in cells:
+            count, key, check = cell
+            if count in (1, -1) and check == _check_of(key):
+                for i in _cells_of(key):
+                    cells[i][0] -= count
+                    cells[i][1] ^= key
+                    cells[i][2] ^= check
+                if count == -1:
+                    arrived.add(key)
+                progress = True
+    if any(cell != [0, 0, 0] for cell in cells):
+        return None
+    return {f"{key:016x}" for key in arrived}
+
+
+def _remember(hashes: list[str]) -> list[str] | str:
+    return hashes if len(hashes) <= MAX_ROWS_PER_SECOND else _encode_sketch(_sketch(hashes))
 
 
 def new_changes(
@@ -165,9 +252,8 @@ def new_changes(
     advances the cursor's newest updated_at and what it remembers of the overlap window.
 
     A second remembers its rows' hashes, so a row updated again (leaving that second) makes
-    nothing look new; a second with more than MAX_ROWS_PER_SECOND rows remembers only its
-    size and sum, and any difference there counts all of its rows as new (duplicates, never
-    a loss).
+    nothing look new; a second with more than MAX_ROWS_PER_SECOND rows remembers a sketch
+    of them that tells which rows arrived in it since (see _arrivals).
     """
     if rows.empty:
         return rows
@@ -181,7 +267,12 @@ def new_changes(
         before = known.get(second)
         if isinstance(before, list):
             fresh_hashes |= set(hashes) - set(before)
-        elif before is None or before != _summary(hashes):
+        elif before is None:
+            fresh_hashes |= set(hashes)
+        elif before.startswith(_SKETCH_PREFIX):
+            arrived = _arrivals(before, hashes)
+            fresh_hashes |= set(hashes) if arrived is None else arrived
+        elif before != _summary(hashes):
             fresh_hashes |= set(hashes)
     fresh = rows[[h in fresh_hashes for h in row_hashes]]
     newest = max([*rows["changed_at"], *filter(None, [cursor.newest_at(source)])])
@@ -190,7 +281,7 @@ def new_changes(
     # window (which starts at or after it) is remembered whole.
     keep_from = read_from(newest, overlap_seconds)
     cursor.seen[source] = {
-        second: hashes if len(hashes) <= MAX_ROWS_PER_SECOND else _summary(hashes)
+        second: _remember(hashes)
         for second, hashes in now.items()
         if dt.datetime.fromisoformat(second) >= keep_from
     }

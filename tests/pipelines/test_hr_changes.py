@@ -387,3 +387,55 @@ def test_changes_are_read_on_database_servers(server, home, instance, request):
     assert (entity(fr), days(fr)) == ("FR", iso(10, 40))
     assert (entity(us), days(us)) == ("US", iso(4, 10, 40))
     assert sensor.tick() == []
+
+
+def _rows(items: list[tuple[int, dt.datetime]]):
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "source_id": [str(i) for i, _ in items],
+            "leave_id": [str(i) for i, _ in items],
+            "legal_entity": ["FR"] * len(items),
+            "start_date": [day(1).isoformat()] * len(items),
+            "changed_at": [t for _, t in items],
+        }
+    )
+
+
+def test_a_bulk_second_tells_the_rows_that_arrived_from_those_that_left():
+    from pipelines.realtime import MAX_ROWS_PER_SECOND, Cursor, new_changes
+
+    bulk = [(i, at(0)) for i in range(1, 501)]  # an import: 500 rows stamped in one second
+    cursor = Cursor()
+    assert len(new_changes(cursor, "employees", _rows(bulk), 600)) == 500
+    remembered = Cursor.from_json(cursor.to_json())  # as Dagster stores it
+    assert len(remembered.to_json()) < 3000 and MAX_ROWS_PER_SECOND < 500
+    # One row updated again (it leaves the bulk second): only it is new.
+    moved = [*bulk[1:], (1, at(60))]
+    assert list(new_changes(remembered, "employees", _rows(moved), 600)["source_id"]) == ["1"]
+    # A late commit into the bulk second, and another row leaving it: only those two.
+    late = [*moved[2:], (2, at(61)), (1, at(60)), (9999, at(0.25))]
+    fresh = new_changes(remembered, "employees", _rows(late), 600)
+    assert sorted(fresh["source_id"]) == ["2", "9999"]
+    # More differences than the sketch can tell apart: every row of the second is new again.
+    churn = [(i, at(0)) for i in range(200, 700)] + [(1, at(60)), (2, at(61)), (9999, at(0.25))]
+    fresh = new_changes(remembered, "employees", _rows(churn), 600)
+    assert len(fresh) == 501 and "9999" in set(fresh["source_id"])
+
+
+def test_an_opt_out_after_a_bulk_import_runs_that_employee_only(home, hr, instance):
+    hr.employee(1, "FR", "ann@example.com")
+    for i in range(2, 60):  # HR's import stamped every employee in the same second
+        hr.employee(i, "FR" if i % 2 else "US", f"e{i}@example.com")
+        hr.leave(i, day(5 + i % 7))
+    hr.execute("UPDATE employees SET updated_at = :t", t=at(-30))
+    lid = hr.leave(1, day(3))
+    sensor = Sensor(synced(home, hr), instance)
+    sensor.tick()
+    hr.update_employee(1, sync_enabled=False, updated_at=at(0))
+    (run,) = sensor.tick()
+    assert (entity(run), days(run)) == ("FR", iso(3))
+    assert sensor.execute(run)
+    cfg_state = StateStore(url=sensor.cfg.state_url()).snapshot_all()
+    assert str(lid) not in set(cfg_state["leave_id"])
