@@ -12,7 +12,7 @@ export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 export GX_ANALYTICS_ENABLED ?= false
 UI_PORT ?= 3000
 
-.PHONY: install demo sync test ui ui-check lint format bench bench-smoke bench-cli bench-providers services clean
+.PHONY: install demo sync test ui ui-check lint format bench bench-smoke bench-cli bench-providers bench-latency services clean
 
 install: $(VENV)/.installed
 
@@ -66,6 +66,10 @@ bench-providers: install  ## Google, Graph and EWS against their emulators, CalD
 	$(BIN)/python -m bench.graph_bench
 	$(BIN)/python -m bench.ews_bench
 	$(BIN)/python -m bench.caldav_bench
+
+bench-latency: install services  ## HR change -> calendar under dagster dev: SQLite + ics, then PostgreSQL + ics + Google
+	$(BIN)/python -m bench.latency $(LATENCY_ARGS)
+	$(BIN)/python -m bench.latency --instance postgres --google $(LATENCY_ARGS)
 
 clean:
 	rm -rf $(VENV) .leavesync

@@ -17,8 +17,8 @@ from pipelines.realtime import (
     Pending,
     Window,
     merge_pending,
-    new_changes,
     plan_runs,
+    poll_source,
     queued_run,
     read_from,
     touched,
@@ -95,8 +95,21 @@ def build_hr_changes_sensor(cfg: AppConfig, hr: HRDatabase, state: StateStore):
                 if newest is None:
                     continue
             start = read_from(newest, realtime.overlap_seconds) if newest else EMPTY_START
-            rows = hr.changes_since(source, start, window.start)
-            fresh = new_changes(cursor, source, rows, realtime.overlap_seconds)
+            polled = poll_source(
+                cursor,
+                source,
+                start,
+                hr.change_counts(source, start),
+                lambda a, b, source=source: hr.changes_since(source, a, window.start, b),
+                realtime.overlap_seconds,
+            )
+            fresh = polled.fresh
+            if polled.bulk and not first:
+                # Too many rows in one second to read (an import): every entity reruns.
+                why = f"{source}: bulk change at {', '.join(polled.bulk)}"
+                context.log.info(why + ": every legal entity's window runs")
+                for key in hr.partition_keys():
+                    found.setdefault(key, Pending()).merge(Pending(whole=True, why=[why]))
             if first or fresh.empty:
                 continue
             leave_ids = sorted({str(i) for i in fresh["leave_id"].dropna()})

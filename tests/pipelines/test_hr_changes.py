@@ -415,7 +415,7 @@ def test_a_bulk_second_tells_the_rows_that_arrived_from_those_that_left():
     moved = [*bulk[1:], (1, at(60))]
     assert list(new_changes(remembered, "employees", _rows(moved), 600)["source_id"]) == ["1"]
     # A late commit into the bulk second, and another row leaving it: only those two.
-    late = [*moved[2:], (2, at(61)), (1, at(60)), (9999, at(0.25))]
+    late = [*moved[1:], (2, at(61)), (9999, at(0.25))]
     fresh = new_changes(remembered, "employees", _rows(late), 600)
     assert sorted(fresh["source_id"]) == ["2", "9999"]
     # More differences than the sketch can tell apart: every row of the second is new again.
@@ -439,3 +439,43 @@ def test_an_opt_out_after_a_bulk_import_runs_that_employee_only(home, hr, instan
     assert sensor.execute(run)
     cfg_state = StateStore(url=sensor.cfg.state_url()).snapshot_all()
     assert str(lid) not in set(cfg_state["leave_id"])
+
+
+def test_an_import_too_large_to_read_is_counted_not_fetched():
+    from pipelines.realtime import BULK_ROWS, Cursor, poll_source
+
+    reads: list[tuple] = []
+    table = {("import", at(0)): BULK_ROWS + 1}
+
+    def rows_between(start, end):
+        reads.append((start, end))
+        items = [
+            (i, t)
+            for (i, t), _ in table.items()
+            if i != "import" and t >= start and (end is None or t < end)
+        ]
+        return _rows(items) if items else _rows([]).astype({"changed_at": object})
+
+    def poll(cursor):
+        counts: dict = {}
+        for (_, t), n in table.items():
+            counts[t] = counts.get(t, 0) + n
+        return poll_source(cursor, "leaves", at(-600), counts, rows_between, 600)
+
+    def fetched_the_import() -> bool:
+        return any(a <= at(0) and (b is None or b > at(0)) for a, b in reads)
+
+    cursor = Cursor()
+    first = poll(cursor)
+    assert first.bulk == [at(0).isoformat()] and not fetched_the_import()
+    assert poll(cursor).bulk == []  # remembered by its count: nothing to rerun
+    table[(7, at(30))] = 1  # a change elsewhere: found, the import still not fetched
+    found = poll(cursor)
+    assert list(found.fresh["source_id"]) == ["7"] and found.bulk == []
+    table[("import", at(0))] -= 1  # one imported row updated again: it leaves the import
+    table[(8, at(40))] = 1
+    found = poll(cursor)
+    assert list(found.fresh["source_id"]) == ["8"] and found.bulk == []
+    assert not fetched_the_import()
+    table[("import", at(0))] += 5  # rows committed late into it: every entity reruns
+    assert poll(cursor).bulk == [at(0).isoformat()]
