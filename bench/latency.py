@@ -345,7 +345,9 @@ def main() -> int:
             with admin.connect() as conn:
                 conn.execute(sa.text(f'CREATE DATABASE "{pg_db}"'))
             admin.dispose()
-            base = sa.engine.make_url(PG_ADMIN).set(drivername="postgresql", database=pg_db)
+            base = sa.engine.make_url(PG_ADMIN).set(
+                drivername="postgresql+psycopg2", database=pg_db
+            )
             pg_url = base.render_as_string(hide_password=False)
             (dagster_home / "dagster.yaml").write_text(instance_yaml(pg_url))
         else:
@@ -357,6 +359,8 @@ def main() -> int:
         started = time.monotonic()
         first = leavesync(env, "sync")
         print(f"  exit {first.returncode} in {time.monotonic() - started:.0f} s", flush=True)
+        if first.returncode:
+            print("\n".join((first.stdout + first.stderr).splitlines()[-25:]), flush=True)
         changes = plan_changes(hr_engine, home, args.changes, args.minutes, rng)
         targets = ["ics"] + (["google"] if emulator else [])
         for change in changes:

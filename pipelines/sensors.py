@@ -67,7 +67,10 @@ def build_hr_changes_sensor(cfg: AppConfig, hr: HRDatabase, state: StateStore):
         name="hr_changes",
         minimum_interval_seconds=realtime.poll_seconds,
         job_name=RECONCILE_JOB,
-        default_status=DefaultSensorStatus.RUNNING,
+        # window.schedules_running: false deploys it stopped, with the schedules.
+        default_status=DefaultSensorStatus.RUNNING
+        if cfg.window.schedules_running
+        else DefaultSensorStatus.STOPPED,
         description=(
             "Reads the leaves, employees and legal entities HR changed since the last poll and "
             "reconciles the days they touch, one run per legal entity."

@@ -7,7 +7,13 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    build_sensor_context,
+)
 
 from pipelines.definitions import build_definitions
 from pipelines.partitions import ENTITY_DIMENSION
@@ -357,6 +363,12 @@ def test_realtime_is_on_for_the_embedded_demo_database_and_opt_in_otherwise(home
     assert "hr_changes" not in {s.name for s in build_definitions(off).sensors}
     on = build_definitions(make_config(home, hr.url, realtime={"enabled": True, "poll_seconds": 7}))
     assert on.get_sensor_def("hr_changes").minimum_interval_seconds == 7
+    assert on.get_sensor_def("hr_changes").default_status == DefaultSensorStatus.RUNNING
+    stopped = make_config(
+        home, hr.url, realtime={"enabled": True}, window={"schedules_running": False}
+    )
+    sensor = build_definitions(stopped).get_sensor_def("hr_changes")
+    assert sensor.default_status == DefaultSensorStatus.STOPPED
 
 
 def test_the_reference_schema_indexes_updated_at_and_a_missing_index_is_reported(home, hr):
