@@ -67,9 +67,10 @@ bench-providers: install  ## Google, Graph and EWS against their emulators, CalD
 	$(BIN)/python -m bench.ews_bench
 	$(BIN)/python -m bench.caldav_bench
 
-bench-latency: install services  ## HR change -> calendar under dagster dev: SQLite + ics, then PostgreSQL + ics + Google
+bench-latency: install services  ## HR change -> calendar under dagster dev (SQLite + ics, PostgreSQL + ics + Google); a sensor poll at 1M leaves
 	$(BIN)/python -m bench.latency $(LATENCY_ARGS)
 	$(BIN)/python -m bench.latency --instance postgres --google $(LATENCY_ARGS)
+	$(BIN)/python -m bench.sensor_poll
 
 clean:
 	rm -rf $(VENV) .leavesync

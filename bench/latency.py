@@ -54,18 +54,36 @@ class Change:
 
 
 # --- what each target shows -----------------------------------------------------------------
+_FEEDS: dict[Path, tuple[tuple[int, int], dict[str, tuple[str, str]]]] = {}
+
+
 def ics_events(home: Path, email: str) -> dict[str, tuple[str, str]]:
-    """Event key -> (status, start date) in an employee's feed."""
+    """Event key -> (status, start date) in an employee's feed (parsed again when written:
+    feeds are replaced atomically, so a new version has a new inode or mtime)."""
     from icalendar import Calendar
 
-    from resources.providers.ical import KEY_PROP
     from resources.providers.ics import feed_file_name
 
     path = home / "feeds" / "feeds" / feed_file_name(email)
     try:
+        stat = path.stat()
+    except OSError:
+        return {}
+    version = (stat.st_ino, stat.st_mtime_ns)
+    cached = _FEEDS.get(path)
+    if cached and cached[0] == version:
+        return cached[1]
+    try:
         feed = Calendar.from_ical(path.read_bytes())
     except (OSError, ValueError):
         return {}
+    _FEEDS[path] = (version, _feed_events(feed))
+    return _FEEDS[path][1]
+
+
+def _feed_events(feed) -> dict[str, tuple[str, str]]:
+    from resources.providers.ical import KEY_PROP
+
     out = {}
     for event in feed.walk("VEVENT"):
         if event.get(KEY_PROP):
@@ -403,7 +421,7 @@ def main() -> int:
                         )
                         if visible(change, events):
                             change.seen[target] = time.time() - change.committed
-                time.sleep(0.25)
+                time.sleep(0.5)  # the figures are tens of seconds: 0.5 s is their resolution
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -418,7 +436,7 @@ def main() -> int:
             time.sleep(1)
         done.set()
         watcher.join()
-        drain_queue(dagster_home, stack, 180)  # stopping would fail the runs still going
+        drain_queue(dagster_home, stack, 300)  # stopping would fail the runs still going
         stack.stop()
         stack = None
         runs = run_summary(dagster_home)

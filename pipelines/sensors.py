@@ -61,6 +61,10 @@ def build_hr_changes_sensor(cfg: AppConfig, hr: HRDatabase, state: StateStore):
     the days it touches (README, "Near real time")."""
     realtime = cfg.realtime
     targets = [t.name for t in cfg.targets]
+    # Changed leaves past which an entity runs its whole window, so the blast-radius guard
+    # judges its deletes against the nightly run's events, not a few days' (each leave is an
+    # event per target: 5 opt-out leaves are 10 deletes with two targets).
+    burst = -(-cfg.safety.min_deletes // max(1, len(targets)))
     warned: list[str] = []
 
     @sensor(
@@ -121,7 +125,7 @@ def build_hr_changes_sensor(cfg: AppConfig, hr: HRDatabase, state: StateStore):
             for key, pending in touched(source, fresh, exported, codes, window).items():
                 found.setdefault(key, Pending()).merge(pending)
             context.log.info(f"{len(fresh)} changed rows in {source} since {start.isoformat()}")
-        merge_pending(cursor, found, cfg.safety.min_deletes)
+        merge_pending(cursor, found, burst)
         if not cursor.pending:
             return SensorResult(skip_reason="no change in HR", cursor=cursor.to_json())
         queued = [

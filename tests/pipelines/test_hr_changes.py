@@ -198,6 +198,31 @@ def test_a_burst_in_one_entity_runs_its_whole_window_so_the_guard_judges_it_as_a
     assert entity(run) == "FR" and days(run) is None
 
 
+def test_the_burst_counts_events_so_two_targets_reach_the_guard_with_half_the_leaves(
+    home, hr, instance
+):
+    hr.employee(1, "FR", "ann@example.com")
+    hr.employee(2, "FR", "bob@example.com")
+    leaves = [hr.leave(1, day(n)) for n in range(1, 13)]
+    for n in range(1, 31):
+        hr.leave(2, day(n))
+    feeds = [
+        {"name": name, "type": "ics", "settings": {"directory": str(home / name)}}
+        for name in ("feeds", "mirror")
+    ]
+    cfg = synced(home, hr, targets=feeds)
+    sensor = Sensor(cfg, instance)
+    sensor.tick()
+    for i, lid in enumerate(leaves[:5]):  # 5 leaves: 10 events deleted (safety.min_deletes)
+        hr.update_leave(lid, status="cancelled", updated_at=at(i))
+    (run,) = sensor.tick()
+    assert entity(run) == "FR" and days(run) is None  # judged over the whole window
+    # 10 of the window's 84 events: allowed, as at night; over the 5 days alone (10 of 20)
+    # the guard would refuse the run and the cancellations would wait for the night.
+    assert sensor.execute(run)
+    assert len(StateStore(url=cfg.state_url()).snapshot_all()) == 2 * 37
+
+
 def test_a_custom_query_returning_updated_at_is_polled(home, hr, instance):
     seed(hr)
     query = """
