@@ -19,6 +19,7 @@ from dagster import (
     asset,
 )
 
+from assets.catalog import DRIFT_GROUP, OWNERS
 from assets.diff import CHANGE_COLUMNS, Diff
 from assets.drift_report import write_report
 from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, LeaveDiff, snapshot_in_scope
@@ -556,7 +557,9 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
         name=SYNC_DRIFT,
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
-        group_name="leavesync",
+        group_name=DRIFT_GROUP,
+        owners=OWNERS,
+        kinds={"python", "pandas", "matplotlib"},
         ins={"plan": AssetIn(LEAVE_DIFF)},
         deps=[CALENDAR_SYNC],
         description=(

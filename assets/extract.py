@@ -10,6 +10,7 @@ from dagster import (
     asset,
 )
 
+from assets.catalog import HR_GROUP, OWNERS
 from resources.hr import HRDatabase
 from resources.scope import run_scopes
 from resources.settings import LeavesyncSettings
@@ -34,7 +35,9 @@ def build_hr_leaves(partitions_def) -> AssetsDefinition:
         name=HR_LEAVES,
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
-        group_name="leavesync",
+        group_name=HR_GROUP,
+        owners=OWNERS,
+        kinds={"sql", "pandas"},
         description="Leaves of the run's legal entities and dates, one canonical row per leave.",
     )
     def hr_leaves(

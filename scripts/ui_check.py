@@ -241,11 +241,13 @@ class Check:
 
     def automation(self) -> None:
         self.go("/automation")
-        for name in ("nightly_reconciliation", "drift_report", "legal_entities_from_hr"):
+        # The demo's HR is embedded: the near-real-time sensor hr_changes runs too.
+        names = ("nightly_reconciliation", "drift_report", "legal_entities_from_hr", "hr_changes")
+        for name in names:
             expect(self.page.get_by_text(name, exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
-        # Each row has a selection box (unchecked) and its running toggle: three on.
+        # Each row has a selection box (unchecked) and its running toggle: all on.
         on = self.page.locator("input[type=checkbox]:checked")
-        expect(on).to_have_count(3, timeout=TIMEOUT_MS)
+        expect(on).to_have_count(len(names), timeout=TIMEOUT_MS)
         self.shot("automation")
 
     def backfill(self) -> None:
