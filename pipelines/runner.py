@@ -360,8 +360,8 @@ def _execute(
     for mat in result.get_asset_materialization_events():
         name = mat.asset_key.to_user_string()
         meta = mat.materialization.metadata
-        if name == HR_LEAVES and "rows" in meta:
-            run.extracted = int(meta["rows"].value)
+        if name == HR_LEAVES and "run_rows" in meta:
+            run.extracted = int(meta["run_rows"].value)
     try:
         # calendar_sync's value: its per-entity summary (its materializations are per partition).
         summary = result.output_for_node(sync.CALENDAR_SYNC)

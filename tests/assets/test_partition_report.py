@@ -87,14 +87,18 @@ def test_latest_materialization_of_each_partition_is_that_partitions_run(home, h
 
     instance = DagsterInstance.get()
 
-    def latest(month: dt.date) -> dict:
-        records = instance.fetch_materializations(AssetKey("calendar_sync"), limit=20).records
+    def latest(month: dt.date, asset: str = "calendar_sync", keys=None) -> dict:
+        records = instance.fetch_materializations(AssetKey(asset), limit=20).records
         mine = [r for r in records if r.partition_key == f"{month.isoformat()}|FR"]
         meta = mine[0].asset_materialization.metadata
-        return {k: meta[k].value for k in ("legal_entity", "month", "created", "deleted",
-                                           "unchanged")}  # fmt: skip
+        keys = keys or ("legal_entity", "month", "created", "deleted", "unchanged")
+        return {k: meta[k].value for k in keys}
 
     assert latest(last_month) == {"legal_entity": "FR", "month": last_month.isoformat()[:7],
                                   "created": 0, "deleted": 1, "unchanged": 1}  # fmt: skip
     assert latest(this_month) == {"legal_entity": "FR", "month": this_month.isoformat()[:7],
                                   "created": 0, "deleted": 0, "unchanged": 1}  # fmt: skip
+    # Extracted per partition: the cancelled leave is still extracted (and deleted).
+    assert latest(last_month, "hr_leaves", ("leaves",)) == {"leaves": 2}
+    assert latest(this_month, "hr_leaves", ("leaves",)) == {"leaves": 1}
+    assert latest(last_month, "leave_diff", ("delete", "create")) == {"delete": 1, "create": 0}
