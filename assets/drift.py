@@ -24,6 +24,7 @@ from assets.diff import CHANGE_COLUMNS, Diff
 from assets.drift_report import write_report
 from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, LeaveDiff, snapshot_in_scope
 from assets.links import report_link
+from assets.partition_report import PartitionIndex
 from assets.render import EVENT_COLUMNS, served_by
 from assets.sync import CALENDAR_SYNC, apply_diff
 from assets.tables import markdown_table
@@ -40,6 +41,7 @@ from resources.providers.base import (
     changed_fields,
     leave_id_of,
 )
+from resources.scope import month_start, window_today
 from resources.settings import LeavesyncSettings
 from resources.state import StateStore
 
@@ -294,6 +296,17 @@ def history_by_run(history: pd.DataFrame) -> pd.DataFrame:
     ).reindex(columns=list(KINDS), fill_value=0)
     counts["repaired"] = history.groupby(["at", "run_id"])["repaired"].sum()
     return counts.astype(int).reset_index().rename_axis(None, axis=1).sort_values("at")
+
+
+def drift_by_partition(index: PartitionIndex, findings: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per partition key of the run: each kind of drift found there, and how many repaired."""
+    counts = {kind: index.count(findings[findings["kind"] == kind], "legal_entity", "date")
+              for kind in KINDS}  # fmt: skip
+    repaired = index.count(findings[findings["repaired"].astype(bool)], "legal_entity", "date")
+    return {
+        key: {**{kind: int(counts[kind][key]) for kind in KINDS}, "repaired": int(repaired[key])}
+        for key in index.keys
+    }
 
 
 def latest_per_entity(history: pd.DataFrame) -> pd.DataFrame:
@@ -612,6 +625,14 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
             )
         if report.errors:
             raise Failure(description="\n".join(report.errors), metadata={"report": str(html)})
+        index = PartitionIndex(
+            context.partition_keys, month_start(window_today(cfg.window.timezone))
+        )
+        for key, figures in drift_by_partition(index, report.findings).items():
+            month, entity = key.split("|", 1)
+            context.add_asset_metadata(
+                {"legal_entity": entity, "month": month[:7], **figures}, partition_key=key
+            )
         return MaterializeResult(
             metadata={
                 "drift": MetadataValue.md(markdown_table(report.by_entity_and_date())),

@@ -102,3 +102,19 @@ def test_latest_materialization_of_each_partition_is_that_partitions_run(home, h
     assert latest(last_month, "hr_leaves", ("leaves",)) == {"leaves": 2}
     assert latest(this_month, "hr_leaves", ("leaves",)) == {"leaves": 1}
     assert latest(last_month, "leave_diff", ("delete", "create")) == {"delete": 1, "create": 0}
+
+
+def test_drift_counts_per_partition():
+    from assets.drift import drift_by_partition
+
+    index = PartitionIndex(KEYS, NEWEST)
+    findings = pd.DataFrame(
+        {"kind": ["missing", "orphan", "missing"], "legal_entity": ["FR", "FR", "FR"],
+         "date": ["2026-10-02", "2027-01-05", "2026-10-09"], "repaired": [True, False, False]}
+    )  # fmt: skip
+
+    got = drift_by_partition(index, findings)
+
+    assert got["2026-10-01|FR"] == {"missing": 2, "modified": 0, "orphan": 0, "duplicate": 0,
+                                    "stale": 0, "repaired": 1}  # fmt: skip
+    assert got["2026-11-01|FR"]["orphan"] == 1 and got["2026-11-01|FR"]["repaired"] == 0
