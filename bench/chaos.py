@@ -214,16 +214,18 @@ class World:
         proc = subprocess.Popen(
             args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-        base, first, killed = self.writes(), None, False
+        # The apply runs from the calendar's first write to its last: both are timed, and a
+        # kill lands kill_after seconds after the first.
+        seen, first, last, killed = self.writes(), None, None, False
         while proc.poll() is None:
-            if kill_after is not None:
-                now = time.monotonic()
-                if first is None and self.writes() > base:
-                    first = now
-                if first is not None and now - first >= kill_after:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed = True
-                    break
+            now, writes = time.monotonic(), self.writes()
+            if writes > seen:
+                seen, last = writes, now
+                first = first or now
+            if kill_after is not None and first is not None and now - first >= kill_after:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
             time.sleep(0.003)
         rc = proc.wait()
         seconds = time.monotonic() - t0
@@ -233,15 +235,16 @@ class World:
             left = _group_members(proc.pid)
             if left:
                 os.killpg(proc.pid, signal.SIGKILL)  # our own group: leave nothing running
-        if first is None:
-            first = time.monotonic() if self.writes() > base else None
+        if self.writes() > seen:  # written in its last moments
+            last = time.monotonic()
+            first = first or last
         out.seek(0)
         text = out.read().decode(errors="replace")
         return {
             "rc": rc,
             "killed": killed,
             "seconds": round(seconds, 2),
-            "apply_seconds": round(time.monotonic() - first, 3) if first else 0.0,
+            "apply_seconds": round(last - first, 3) if first else 0.0,
             "processes_left": left,
             "summary": _summary(text),
             "output": text,
