@@ -100,6 +100,8 @@ class IcsProvider(CalendarProvider):
                 "names (<email>.ics). Set it to a long random secret, e.g. "
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
+        if self.private and not self._migrated:
+            self.migrate()  # every run the CLI starts moves feeds still named <email>.ics
 
     def path_for(self, calendar: str) -> Path:
         """The feed's path; a feed found under an older name (email, rotation) is moved here."""

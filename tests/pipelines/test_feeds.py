@@ -101,3 +101,21 @@ def test_feeds_refuses_guessable_names(home, hr, monkeypatch, capsys):
     # A served directory (base_url) without its key stops a sync before anything is written.
     assert main(["sync", *config]) == 2
     assert not (home / "feeds").exists() or not list((home / "feeds").glob("*.ics"))
+
+
+def test_a_sync_with_nothing_to_change_moves_email_named_feeds(home, hr, monkeypatch, capsys):
+    config = setup(home, hr, monkeypatch, base_url=None)
+    monkeypatch.delenv("LEAVESYNC_FEED_KEY")
+    window = ["--from", START.isoformat(), "--to", (START + dt.timedelta(days=9)).isoformat()]
+    assert main(["sync", *config, *window]) == 0
+    feeds = home / "feeds"
+    before = {p.name: p.read_bytes() for p in feeds.glob("*.ics")}
+    assert sorted(before) == [f"p{i}@example.com.ics" for i in (1, 2, 3)]
+
+    monkeypatch.setenv("LEAVESYNC_FEED_KEY", KEY)
+    capsys.readouterr()
+    assert main(["sync", *config, *window]) == 0
+    assert "written: 0 changes" in capsys.readouterr().out
+
+    after = {p.name: p.read_bytes() for p in feeds.glob("*.ics")}
+    assert after == {feed_file_name(n[: -len(".ics")], KEY.encode()): b for n, b in before.items()}
