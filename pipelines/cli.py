@@ -219,13 +219,15 @@ def print_quarantine(cfg: AppConfig, run_ids: list[str], limit: int = 20) -> Non
     if found.empty:
         return
     errors = found[found["severity"] == "error"]
-    print(
-        f"\nquarantined rows ({len(errors)}; skipped, kept in the state store's quarantine table)"
-    )
-    cols = ["partition", "leave_id", "start_date", "rule", "message"]
-    print(errors[cols].head(limit).to_string(index=False))
-    if len(errors) > limit:
-        print(f"... and {len(errors) - limit} more")
+    if len(errors):
+        print(
+            f"\nquarantined rows ({len(errors)}; skipped, "
+            "kept in the state store's quarantine table)"
+        )
+        cols = ["partition", "leave_id", "start_date", "rule", "message"]
+        print(errors[cols].head(limit).to_string(index=False))
+        if len(errors) > limit:
+            print(f"... and {len(errors) - limit} more")
     warnings = found[found["severity"] == "warn"]
     if len(warnings):
         counts = warnings.groupby("rule").size().to_dict()
