@@ -430,7 +430,8 @@ def fault_trials(kinds: list[str], root: Path, events: int, seed: int, log) -> d
                 "world": "+".join(kinds),
                 "events": events,
                 "changes": events + n,
-                "faults_injected": w.targets[k].faults_injected(),
+                # A feed is a local file: there is no request to fault.
+                "faults_injected": "n/a" if k == "ics" else w.targets[k].faults_injected(),
                 "failed_runs": sum(1 for _, r in runs if r["rc"] != 0),
                 "failed_changes": sum(r["summary"].get("failed", 0) for _, r in runs),
                 **{f: got[f] for f in ("duplicates", "lost", "stale", "extra")},
