@@ -41,9 +41,17 @@ class IcsSettings(ProviderSettings):
     calendar_name: str = "Leaves"
 
 
+TEAM_FEEDS = "teams/"
+
+
 def feed_file_name(calendar: str) -> str:
     """The feed's file name for a mailbox (safe on every file system)."""
     return _UNSAFE.sub("_", calendar.lower()) + ".ics"
+
+
+def team_feed_calendar(name: str) -> str:
+    """The calendar a team feed is written as: ``teams/<name>``, the file teams/<name>.ics."""
+    return TEAM_FEEDS + name
 
 
 class IcsProvider(CalendarProvider):
@@ -60,14 +68,17 @@ class IcsProvider(CalendarProvider):
         self.directory = Path(base).resolve()
 
     def path_for(self, calendar: str) -> Path:
+        if calendar.startswith(TEAM_FEEDS):  # a team calendar's feed: <directory>/teams/
+            name = _UNSAFE.sub("_", calendar.removeprefix(TEAM_FEEDS))
+            return self.directory / "teams" / f"{name}.ics"
         return self.directory / feed_file_name(calendar)
 
     def apply(self, changes: Sequence[EventChange]) -> Iterator[ChangeResult]:
         by_calendar: dict[str, list[EventChange]] = {}
         for change in changes:
             by_calendar.setdefault(change.calendar, []).append(change)
-        self.directory.mkdir(parents=True, exist_ok=True)
         for calendar, group in by_calendar.items():
+            self.path_for(calendar).parent.mkdir(parents=True, exist_ok=True)
             yield from self._apply_calendar(calendar, group)
 
     def _apply_calendar(self, calendar: str, changes: list[EventChange]) -> Iterator[ChangeResult]:
@@ -120,11 +131,12 @@ class IcsProvider(CalendarProvider):
             yield ChangeResult(change, ok=True, provider_event_id=uid, version=version)
 
     def _new_calendar(self, calendar: str) -> Calendar:
-        return new_calendar("PUBLISH", x_wr_calname=f"{self.settings.calendar_name} ({calendar})")
+        shown = calendar.removeprefix(TEAM_FEEDS)
+        return new_calendar("PUBLISH", x_wr_calname=f"{self.settings.calendar_name} ({shown})")
 
     def check(self, sample_calendar: str) -> CheckReport:
         report = CheckReport(self.target_name)
-        directory = self.directory
+        directory = self.path_for(sample_calendar).parent
         try:
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=directory, prefix=".check-", delete=True):

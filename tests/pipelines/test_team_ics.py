@@ -1,0 +1,91 @@
+"""Team calendars as .ics feeds, read back with vobject (not the library that wrote them)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import vobject
+
+from resources.providers.ics import feed_file_name
+from tests.harness import Pipeline, make_config
+from tests.pipelines.team_scenario import SCOPES, day, play, team_target
+
+
+def read(path: Path) -> list:
+    cal = vobject.readOne(path.read_text(encoding="utf-8"))
+    return list(getattr(cal, "vevent_list", []))
+
+
+def held_in(directory: Path):
+    def held() -> dict[str, list[str]]:
+        out = {}
+        for path in sorted(directory.glob("*.ics")):
+            keys = sorted(e.contents["x-leavesync-key"][0].value for e in read(path))
+            if keys:
+                out[path.stem] = keys
+        return out
+
+    return held
+
+
+def config(home: Path, hr_url: str, team: dict):
+    personal = {"name": "feeds", "type": "ics", "settings": {"directory": str(home / "feeds")}}
+    return make_config(home, hr_url, targets=[personal, team])
+
+
+def test_team_feeds_follow_hr_approval_cancellation_move_and_opt_out(home, hr):
+    team = team_target("team", "ics", "sales", "engineering", {"directory": str(home / "feeds")})
+    p = Pipeline(config(home, hr.url, team))
+    ids = play(p, hr, held_in(home / "feeds" / "teams"), "sales", "engineering")
+
+    events = {
+        e.contents["x-leavesync-key"][0].value: e
+        for e in read(home / "feeds" / "teams" / "engineering.ics")
+    }
+    sick = events[f"team-leave-{ids.sick}"]
+    assert sick.summary.value == "Bob Stone – Absent"  # a sensitive type is never named
+    assert events[f"team-leave-{ids.claire}"].summary.value == "Claire Martin – Absent"
+    for event in events.values():
+        assert event.transp.value == "TRANSPARENT"  # blocks nobody's availability
+        assert event.contents["class"][0].value == "PUBLIC"
+        assert "attendee" not in event.contents and "valarm" not in event.contents
+    half = events[f"team-leave-{ids.half}"]
+    assert half.dtstart.value.hour != 0, "a half day stays a timed event"
+
+    # The same leave is once in Claire's own feed, with its own identity.
+    personal = read(home / "feeds" / feed_file_name("claire@example.com"))
+    assert sorted(e.uid.value for e in personal) == sorted(
+        [f"leave-{ids.claire}@leavesync", f"leave-{ids.pending}@leavesync"]
+    )
+    assert events[f"team-leave-{ids.claire}"].uid.value == f"team-leave-{ids.claire}@leavesync"
+
+
+def test_a_feed_per_legal_entity_and_a_move_between_entities(home, hr):
+    team = {
+        "name": "team",
+        "type": "ics",
+        "kind": "team",
+        "settings": {"directory": str(home / "t")},
+    }
+    p = Pipeline(config(home, hr.url, team))
+    hr.employee(1, "FR", "claire@example.com", name="Claire Martin")
+    hr.employee(2, "US", "dan@example.com", name="Dan Wu")
+    a, b = hr.leave(1, day(1)), hr.leave(2, day(2))
+    p.sync(SCOPES)
+    held = held_in(home / "t" / "teams")
+    assert held() == {"FR": [f"team-leave-{a}"], "US": [f"team-leave-{b}"]}
+    digests = {f.name: hashlib.sha256(f.read_bytes()).digest() for f in (home / "t").rglob("*.ics")}
+
+    result, _ = p.sync(SCOPES)
+    assert result.diff.changes.empty
+    after = {f.name: hashlib.sha256(f.read_bytes()).digest() for f in (home / "t").rglob("*.ics")}
+    assert after == digests, "nothing changed: every feed byte-identical"
+
+    hr.update_employee(1, legal_entity="US")
+    result, outcome = p.sync(SCOPES)
+    assert held() == {"US": sorted([f"team-leave-{a}", f"team-leave-{b}"])}
+    # Her own calendar stays hers (the snapshot row is relocated); the team event moves.
+    changes = result.diff.changes
+    assert list(zip(changes["op"], changes["target"], strict=True)) == [("move", "team")]
+    assert not outcome.failed
