@@ -11,8 +11,8 @@ import pandas as pd
 from resources.config import EventRules, TargetConfig
 from resources.providers.base import (
     EVENT_KEY_PREFIX,
-    TEAM_EVENT_KEY_PREFIX,
     FINGERPRINT_FIELDS,
+    TEAM_EVENT_KEY_PREFIX,
     EventPayload,
     fingerprint_texts,
 )
