@@ -92,6 +92,11 @@ def _feed_name(group: object) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", str(group).strip())
 
 
+def team_feed_of(group: object) -> str:
+    """The calendar of a group's ics team feed when the configuration names none."""
+    return "teams/" + _feed_name(group)
+
+
 def render_events(leaves: pd.DataFrame, target: TargetConfig, rules: EventRules) -> pd.DataFrame:
     """The events ``target`` should hold for these (already validated) leaves."""
     df = leaves[should_have_event(leaves, rules, target.pending_shown) & served_by(leaves, target)]

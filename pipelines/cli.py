@@ -494,14 +494,30 @@ def cmd_check(cfg: AppConfig, args: argparse.Namespace) -> int:
     for target in cfg.targets:
         if args.target and target.name not in args.target:
             continue
-        try:
-            rep = settings.provider(target.name).check(sample)
-            print(rep.render())
-            ok &= rep.ok
-        except FatalProviderError as err:
-            print(f"target {target.name}: PROBLEMS FOUND\n  [FAIL] {err}")
-            ok = False
+        for calendar in calendars_to_check(target, hr, sample):
+            try:
+                rep = settings.provider(target.name).check(calendar)
+                print(rep.render())
+                ok &= rep.ok
+            except FatalProviderError as err:
+                print(f"target {target.name}: PROBLEMS FOUND\n  [FAIL] {err}")
+                ok = False
+                break  # the whole target cannot work: the next calendar would say the same
     return 0 if ok else 1
+
+
+def calendars_to_check(target, hr, sample: str) -> list[str]:
+    """A personal target's sample mailbox; every shared calendar of a team target."""
+    from assets.render import configured_calendars, team_feed_of
+
+    if target.team is None:
+        return [sample]
+    calendars = configured_calendars(target)
+    if target.type == "ics" and target.team.group_by == "legal_entity":
+        # Feeds named after the legal entities unless the configuration names them.
+        named = set(target.team.calendars)
+        calendars += [team_feed_of(c) for c in hr.legal_entities() if c not in named]
+    return sorted(set(calendars)) or [team_feed_of("_check")]
 
 
 def cmd_entities(cfg: AppConfig, args: argparse.Namespace) -> int:

@@ -208,6 +208,14 @@ class TargetConfig(_Model):
                 "team.calendars (group: calendar) or team.calendar (one for everyone) is "
                 f"needed: a {self.type} team target has no calendar of its own"
             )
+        if team is not None and self.type == "caldav":
+            bad = [
+                c
+                for c in (*team.calendars.values(), team.calendar or "")
+                if c and not c.startswith(("https://", "http://"))
+            ]
+            if bad:
+                raise ValueError(f"caldav team calendars are collection URLs: {bad[0]!r}")
         if team is not None and self.type == "ics":
             bad = [
                 c
