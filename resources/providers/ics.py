@@ -19,6 +19,7 @@ from resources.providers.base import (
     ProviderSettings,
     RemoteEvent,
 )
+from resources.providers.feed_text import Block, FeedText
 from resources.providers.ical import (
     BUSY_PROP,
     KEY_PROP,
@@ -84,45 +85,52 @@ class IcsProvider(CalendarProvider):
     def _apply_calendar(self, calendar: str, changes: list[EventChange]) -> Iterator[ChangeResult]:
         path = self.path_for(calendar)
         try:
-            feed = _read(path) or self._new_calendar(calendar)
-        except ValueError as err:
+            feed = _read_text(path) or FeedText.empty(self._new_calendar(calendar).to_ical())
+        except (ValueError, UnicodeDecodeError) as err:
             for change in changes:
                 yield ChangeResult(
                     change, ok=False, error=f"{path}: unreadable feed: {err}", permanent=True
                 )
             return
-        ours = {str(c.get("UID")): c for c in feed.walk("VEVENT") if c.get(KEY_PROP)}
-        zones = [str(c.get(TZ_PROP)) for c in ours.values() if c.get(TZ_PROP)]
+        # Only the changed events are rendered; the others keep their bytes (FeedText).
+        slots: list[Block | None] = list(feed.blocks)
+        where = {
+            b.props["UID"]: i
+            for i, b in enumerate(feed.blocks)
+            if b.kind == "VEVENT" and b.props.get(KEY_PROP) and "UID" in b.props
+        }
+        zones = [b.props[TZ_PROP] for b in feed.blocks if TZ_PROP in b.props]
         outcomes: list[tuple[EventChange, str | None, str | None]] = []
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         dirty = False
         for change in changes:
             uid = uid_for(change.event_key)
-            if change.op == "delete" and _is_copy(ours, change):
+            if change.op == "delete" and _is_copy(slots, where, change):
                 uid = str(change.provider_event_id)  # drift deletes a copy of ours by its UID
-            existing = ours.get(uid)
+            at = where.get(uid)
+            existing = slots[at] if at is not None else None
             if change.op == "delete":
-                if existing is not None:
-                    feed.subcomponents.remove(existing)
-                    del ours[uid]
+                if at is not None:
+                    slots[at] = None
+                    del where[uid]
                     dirty = True
                 outcomes.append((change, None, None))
                 continue
             assert change.event is not None, "create/update needs the event"
             zones.append(change.event.timezone)
-            sequence = int(existing.get("SEQUENCE", 0)) + 1 if existing is not None else 0
-            event = vevent(change.event, uid, sequence, now)
-            if existing is not None:
-                feed.subcomponents[feed.subcomponents.index(existing)] = event
+            sequence = int(existing.props.get("SEQUENCE", 0)) + 1 if existing is not None else 0
+            event = Block("VEVENT", vevent(change.event, uid, sequence, now).to_ical())
+            if at is not None:
+                slots[at] = event
             else:
-                feed.add_component(event)
-            ours[uid] = event
+                where[uid] = len(slots)
+                slots.append(event)
             dirty = True
             outcomes.append((change, uid, str(sequence)))
         if dirty:
-            _keep_valid(feed, zones)
+            feed.blocks = _keep_valid([b for b in slots if b is not None], zones)
             try:
-                _write_atomically(path, feed.to_ical())
+                _write_atomically(path, feed.to_bytes())
             except OSError as err:
                 for change, _, _ in outcomes:
                     yield ChangeResult(change, ok=False, error=f"{path}: cannot write: {err}")
@@ -178,10 +186,11 @@ class IcsProvider(CalendarProvider):
                 )
 
 
-def _is_copy(ours: dict, change: EventChange) -> bool:
+def _is_copy(slots: list[Block | None], where: dict[str, int], change: EventChange) -> bool:
     """A delete naming another event of ours with this key (a copy a client made)."""
-    other = ours.get(str(change.provider_event_id)) if change.provider_event_id else None
-    return other is not None and str(other.get(KEY_PROP)) == change.event_key
+    at = where.get(str(change.provider_event_id)) if change.provider_event_id else None
+    other = slots[at] if at is not None else None
+    return other is not None and other.props.get(KEY_PROP) == change.event_key
 
 
 def _read(path: Path) -> Calendar | None:
@@ -203,17 +212,21 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _keep_valid(feed: Calendar, zones: list[str]) -> None:
+def _read_text(path: Path) -> FeedText | None:
+    if not path.exists():
+        return None
+    return FeedText.parse(path.read_bytes(), ("UID", KEY_PROP, "SEQUENCE", TZ_PROP))
+
+
+def _keep_valid(blocks: list[Block], zones: list[str]) -> list[Block]:
     """A feed holds one component or more (RFC 5545 3.6): an empty one keeps a VTIMEZONE.
 
     Strict parsers (sabre/vobject, which Nextcloud and Baikal use) reject a VCALENDAR with no
     component; the zone of the events the feed held keeps it valid without inventing an event.
     Timed events are written in UTC, so a feed with events needs no VTIMEZONE at all.
     """
-    has_event = any(c.name == "VEVENT" for c in feed.subcomponents)
-    timezones = [c for c in feed.subcomponents if c.name == "VTIMEZONE"]
-    if has_event:
-        for tz in timezones:
-            feed.subcomponents.remove(tz)
-    elif not timezones:
-        feed.add_component(vtimezone(zones[-1] if zones else "UTC"))
+    if any(b.kind == "VEVENT" for b in blocks):
+        return [b for b in blocks if b.kind != "VTIMEZONE"]
+    if any(b.kind == "VTIMEZONE" for b in blocks):
+        return blocks
+    return [*blocks, Block("VTIMEZONE", vtimezone(zones[-1] if zones else "UTC").to_ical())]

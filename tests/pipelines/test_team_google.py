@@ -9,7 +9,7 @@ import pytest
 
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
 from tests.harness import Pipeline, make_config
-from tests.pipelines.team_scenario import play, team_target
+from tests.pipelines.team_scenario import SCOPES, day, play, team_target
 from tests.pipelines.test_google_pipeline import KEY_ENV
 from tests.pipelines.test_google_pipeline import target as google_target
 
@@ -90,3 +90,17 @@ def test_check_tells_a_reader_from_a_writer(home, hr, google):
     refused = provider_ok.settings.provider("ro").check(SALES)
     assert not refused.ok
     assert "reader" in refused.render() and "Make changes to events" in refused.render()
+
+
+def test_a_user_who_may_only_read_the_team_calendar_writes_nothing(home, hr, google):
+    settings = google_target(google, write_as=READER)["settings"]
+    p = Pipeline(
+        make_config(home, hr.url, targets=[team_target("team", "google", SALES, ENG, settings)])
+    )
+    hr.employee(1, "FR", "claire@example.com", name="Claire Martin", team="Sales")
+    hr.leave(1, day(1))
+    _, outcome = p.sync(SCOPES)
+    assert len(outcome.failed) == 1
+    assert "writer access" in str(outcome.failed[0])
+    assert google.events(SALES) == []
+    assert p.state.snapshot_all("team").empty

@@ -59,13 +59,17 @@ def check(batcher: Batcher, target: str, calendar: str) -> CheckReport:
     try:
         batcher.user_limiter(user).acquire()
         batcher.project_limiter.acquire()
-        listed = batcher.events().list(
-            calendarId=calendar_id,
-            timeMin=today.isoformat(),
-            timeMax=(today + dt.timedelta(days=1)).isoformat(),
-            privateExtendedProperty=f"{TAG_PROPERTY}={TAG_VALUE}",
-            maxResults=1,
-        ).execute(http=authed)
+        listed = (
+            batcher.events()
+            .list(
+                calendarId=calendar_id,
+                timeMin=today.isoformat(),
+                timeMax=(today + dt.timedelta(days=1)).isoformat(),
+                privateExtendedProperty=f"{TAG_PROPERTY}={TAG_VALUE}",
+                maxResults=1,
+            )
+            .execute(http=authed)
+        )
     except HttpError as exc:
         error = api_error(exc)
         if error.reason in ("accessNotConfigured", "SERVICE_DISABLED"):

@@ -152,7 +152,11 @@ class UserWrites:
                 for item in [*batch, *pending]:
                     if item.copy:
                         continue
-                    if exc.unknown_user and item.change.op == "delete" and not self.settings.write_as:
+                    if (
+                        exc.unknown_user
+                        and item.change.op == "delete"
+                        and not self.settings.write_as
+                    ):
                         # The mailbox is gone, and our event with it (an address that
                         # changed and was not kept as an alias): the delete is done.
                         self.emit(self._ok(item, item.event_id))
