@@ -732,7 +732,7 @@ def test_cli_empty_extract_against_full_snapshot_is_blocked_and_says_why(home, h
     assert run.status == "blocked"
     assert "calendar_sync" not in materialized(run.run_id)
     safety = check_evaluations(run.run_id)["diff_is_safe"]
-    assert not safety.passed and safety.metadata["deletes"].value == 3
+    assert not safety.passed and safety.metadata["deletes"].value == 6
     assert safety.metadata["by_partition"].value["FR"].startswith("refused: the HR extract")
 
 
