@@ -89,3 +89,28 @@ def test_a_feed_per_legal_entity_and_a_move_between_entities(home, hr):
     changes = result.diff.changes
     assert list(zip(changes["op"], changes["target"], strict=True)) == [("move", "team")]
     assert not outcome.failed
+
+
+def test_check_tests_every_team_feed(home, hr, capsys):
+    import yaml
+
+    from pipelines.cli import main
+
+    hr.employee(1, "FR", "claire@example.com", name="Claire Martin")
+    cfg_file = home / "leavesync.yaml"
+    team = {
+        "name": "team",
+        "type": "ics",
+        "kind": "team",
+        "settings": {"directory": str(home / "t")},
+    }
+    cfg_file.write_text(yaml.safe_dump({"hr": {"url": hr.url}, "targets": [team]}))
+    assert main(["check", "--config", str(cfg_file)]) == 0
+    out = capsys.readouterr().out
+    # One check per legal entity's feed, in <directory>/teams.
+    assert f"feed directory {home / 't' / 'teams'} is writable" in out
+    assert "feed of teams/FR" in out and "feed of teams/US" in out
+
+    (home / "t" / "teams" / "US.ics").write_text("not a calendar")
+    assert main(["check", "--config", str(cfg_file)]) == 1
+    assert "[FAIL] feed of teams/US parses" in capsys.readouterr().out
