@@ -209,21 +209,31 @@ class World:
         """``leavesync <command>`` in its own process group; killed kill_after s into its apply."""
         args = [CLI, command, "--config", str(self.config), "--entity", ENTITY]
         args += ["--from", D.isoformat(), "--to", TO.isoformat()]
-        out = tempfile.TemporaryFile()
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        base, first, killed = self.writes(), None, False
+        log = self.dir / "cli.out"
+        with open(log, "wb") as sink:
+            t0 = time.monotonic()
+            proc = subprocess.Popen(
+                args, env=self.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        out = open(log, "rb")  # noqa: SIM115 - read as it grows, closed below
+        # The apply starts when the CLI prints "<entity>: target <t>: 0/<n> changes applied"
+        # and ends with the calendar's last write or progress line: a kill lands kill_after
+        # seconds after the start (look-ups, writes, snapshot rows, all alike).
+        seen, start, end, killed, now, tail = self.writes(), None, None, False, t0, b""
         while proc.poll() is None:
-            if kill_after is not None:
-                now = time.monotonic()
-                if first is None and self.writes() > base:
-                    first = now
-                if first is not None and now - first >= kill_after:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed = True
-                    break
+            now, writes = time.monotonic(), self.writes()
+            if writes > seen:
+                seen, end = writes, now
+            chunk = out.read()
+            if chunk:
+                if b"changes applied" in tail + chunk:
+                    end = now
+                    start = start or now
+                tail = chunk[-40:]
+            if kill_after is not None and start is not None and now - start >= kill_after:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
             time.sleep(0.003)
         rc = proc.wait()
         seconds = time.monotonic() - t0
@@ -233,15 +243,16 @@ class World:
             left = _group_members(proc.pid)
             if left:
                 os.killpg(proc.pid, signal.SIGKILL)  # our own group: leave nothing running
-        if first is None:
-            first = time.monotonic() if self.writes() > base else None
-        out.seek(0)
-        text = out.read().decode(errors="replace")
+        elif self.writes() > seen or b"changes applied" in out.read():
+            end = now  # in its last moments
+            start = start or end
+        out.close()
+        text = log.read_bytes().decode(errors="replace")
         return {
             "rc": rc,
             "killed": killed,
             "seconds": round(seconds, 2),
-            "apply_seconds": round(time.monotonic() - first, 3) if first else 0.0,
+            "apply_seconds": round(end - start, 3) if start and end else 0.0,
             "processes_left": left,
             "summary": _summary(text),
             "output": text,
