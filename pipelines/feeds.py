@@ -54,7 +54,11 @@ def feeds(cfg: AppConfig, names: list[str], as_csv: bool, rotate: str | None) ->
         providers.append(provider)
 
     if rotate:
+        team_feed = rotate.startswith("teams/")  # a team feed's calendar, as `feeds` lists it
         for provider in providers:
+            kind = resources["settings"].target(provider.target_name).kind
+            if (kind == "team") != team_feed:
+                continue
             provider.rotate(rotate)
             print(f"{provider.target_name}: {rotate.strip().lower()}: {provider.feed_url(rotate)}")
         print("the old URL no longer works: send the new one to its owner", file=sys.stderr)

@@ -117,3 +117,40 @@ def test_check_tests_every_team_feed(home, hr, capsys):
     (home / "t" / "teams" / "US.ics").write_text("not a calendar")
     assert main(["check", "--config", str(cfg_file)]) == 1
     assert "[FAIL] feed of teams/US parses" in capsys.readouterr().out
+
+
+def test_feeds_lists_and_rotates_the_team_feeds(home, hr, monkeypatch, capsys):
+    import csv
+    import io
+
+    import yaml
+
+    from pipelines.cli import main
+
+    key, base = "team-feeds-key-2b9e", "https://calendars.example.com/leaves"
+    monkeypatch.setenv("LEAVESYNC_FEED_KEY", key)
+    hr.employee(1, "FR", "claire@example.com", name="Claire Martin")
+    hr.leave(1, day(1))
+    settings = {"directory": str(home / "t"), "base_url": base}
+    team = {"name": "team", "type": "ics", "kind": "team", "settings": settings}
+    cfg_file = home / "leavesync.yaml"
+    cfg_file.write_text(yaml.safe_dump({"hr": {"url": hr.url}, "targets": [team]}))
+    config = ["--config", str(cfg_file)]
+    window = ["--from", day(0).isoformat(), "--to", day(5).isoformat()]
+    assert main(["sync", *config, *window]) == 0
+    capsys.readouterr()
+
+    assert main(["feeds", *config, "--csv"]) == 0
+    rows = {r["email"]: r["url"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    fr = f"{base}/teams/{feed_file_name('teams/FR', key.encode())}"
+    assert rows == {
+        "teams/FR": fr,
+        "teams/US": f"{base}/teams/{feed_file_name('teams/US', key.encode())}",
+    }
+    [written] = (home / "t" / "teams").glob("*.ics")
+    assert fr.endswith(written.name)
+
+    assert main(["feeds", *config, "--rotate", "teams/FR"]) == 0
+    [rotated] = (home / "t" / "teams").glob("*.ics")
+    assert rotated.name != written.name
+    assert rotated.name in capsys.readouterr().out
