@@ -97,3 +97,33 @@ def test_ews_team_calendars_in_shared_mailboxes(home, hr, exchange):
         assert item.text("Sensitivity") == "Normal"
         assert item.text("ReminderIsSet") == "false"
     assert items[f"team-leave-{ids.half}"].text("IsAllDayEvent") in (None, "false")
+
+
+def test_drift_in_a_shared_mailbox_is_found_and_repaired(home, hr, graph):
+    """Someone deletes a team event in the shared mailbox: the drift job reads the shared
+    calendars back and puts it back, touching nobody else's events there."""
+    import uuid
+
+    from assets.drift import measure_drift
+    from tests.pipelines.team_scenario import SCOPES, fill
+
+    settings = graph_target(graph)["settings"]
+    team = team_target("team", "microsoft_graph", SALES, ENG, settings)
+    p = Pipeline(make_config(home, hr.url, targets=[team]))
+    ids = fill(hr)
+    p.sync(SCOPES)
+    foreign = graph.add_foreign_event(
+        ENG, "Team offsite", "2026-06-01T09:00:00", "2026-06-01T17:00:00"
+    )
+    events = {graph_keys(e): e for e in graph.events(SALES)}
+    graph.user_deletes(SALES, events[f"team-leave-{ids.claire}"]["id"])
+
+    report = measure_drift(
+        p.plan(SCOPES), p.cfg, p.hr, p.state, p.settings.provider, uuid.uuid4().hex
+    )
+    found = report.findings[["kind", "event_key", "repaired"]].values.tolist()
+    assert found == [["missing", f"team-leave-{ids.claire}", True]]
+    assert sorted(graph_keys(e) for e in graph.events(SALES)) == sorted(
+        f"team-leave-{i}" for i in (ids.claire, ids.cancelled, ids.opted_out)
+    )
+    assert foreign in {e["id"] for e in graph.events(ENG)}, "never touches others' events"
