@@ -28,14 +28,14 @@ def read_back(
     time_max = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC)
     for user in calendars:
         try:
-            authed = batcher.signin.authorize(user)
+            authed = batcher.signin.authorize(batcher.settings.subject_for(user))
         except UserFailed as exc:
             log.warning("read-back skipped %s: %s", user, exc)
             continue
         page_token = None
         while True:
             call = batcher.events().list(
-                calendarId=batcher.settings.calendar_id,
+                calendarId=batcher.settings.calendar_id_for(user),
                 privateExtendedProperty=f"{TAG_PROPERTY}={TAG_VALUE}",
                 showDeleted=True,
                 singleEvents=True,
