@@ -682,6 +682,9 @@ def _save(out_file: Path, results: dict, kinds: list[str], trials: int, events: 
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f} at the end",
         "python": platform.python_version(),
+        "commit": subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
         "trials": trials,
         "events": events,
         "seconds": round(time.monotonic() - started, 1),
