@@ -332,6 +332,8 @@ class EwsEmulator:
                     self.aliases[alias] = new
             if keep_alias:
                 self.aliases[old] = new
+            if self.impersonable is not None and old in self.impersonable:
+                self.impersonable.add(new)  # the scope names the account, whatever its address
 
     def remove_mailbox(self, address: str) -> None:
         """The mailbox is deleted (the employee left), and its items with it."""

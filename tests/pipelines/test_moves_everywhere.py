@@ -97,9 +97,7 @@ def assert_settled(live: LiveTarget, ann: list[int], bob: dict, added: int) -> N
 
 
 @pytest.mark.parametrize("how", HOWS)
-def test_a_new_address_moves_her_events_once_and_everyone_elses_changes_land(
-    hr, live, world, how
-):
+def test_a_new_address_moves_her_events_once_and_everyone_elses_changes_land(hr, live, world, how):
     p, ann, bob = world
     added = change_everything(hr, live, how, bob)
 
@@ -157,8 +155,12 @@ KILLED_BETWEEN_HALVES = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("how", ["alias", "renamed"])
-@pytest.mark.parametrize("where", ["before-snapshot", "after-snapshot"])
+# The alias at both kill points (the old address still reaches the mailbox: the re-sent delete
+# finds the event gone, Google's ids are taken); a rename without alias once (the create adopts).
+@pytest.mark.parametrize(
+    ("how", "where"),
+    [("alias", "before-snapshot"), ("alias", "after-snapshot"), ("renamed", "before-snapshot")],
+)
 def test_killed_between_the_two_halves_of_a_move_recovers(home, hr, live, world, how, where):
     p, ann, bob = world
     added = change_everything(hr, live, how, bob)
