@@ -193,14 +193,10 @@ class LiveGoogle(LiveTarget):
         return out
 
     def change_address(self, old: str, new: str, how: str) -> None:
-        e = self.emulator
-        with e.lock:
-            held = e.calendars.pop(old)
-            e.users.discard(old)
-            if how in ("alias", "renamed"):
-                e.calendars[new] = held
-            if how == "alias":
-                e.aliases[old] = new
+        if how == "deleted":
+            self.emulator.remove_user(old)
+        else:
+            self.emulator.rename_user(old, new, keep_alias=how == "alias")
 
     def add_foreign(self, mailbox: str, day: dt.date) -> None:
         self.emulator.put_event(

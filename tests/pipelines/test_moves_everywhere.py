@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from assets.drift import measure_drift
 from assets.sync import sync_summary
 from tests.harness import Pipeline, make_config, scope
 from tests.live_targets import LiveTarget, live_targets
@@ -126,6 +127,11 @@ def test_a_new_address_moves_her_events_once_and_everyone_elses_changes_land(hr,
     again, outcome = p.sync(SCOPES)
     assert again.diff.changes.empty and outcome is not None and outcome.failed == []
     assert_settled(live, ann, bob, added)
+    # The drift report reads every calendar written to, the old address included: nothing
+    # found, nothing failed (an address that reaches no mailbox any more is skipped).
+    report = measure_drift(again, p.cfg, p.hr, p.state, p.settings.provider, "drift-1")
+    found = report.findings[["kind", "event_key", "calendar"]].to_dict("records")
+    assert report.errors == [] and found == []
 
 
 KILLED_BETWEEN_HALVES = textwrap.dedent(

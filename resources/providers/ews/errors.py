@@ -194,6 +194,11 @@ def impersonation_advice(calendar: str, username: str, error: Exception) -> str:
         )
     if isinstance(error, ews_errors.ErrorNonExistentMailbox):
         return f"no mailbox {calendar} on this Exchange server: use an existing employee mailbox"
+    if isinstance(error, ews_errors.ErrorNonPrimarySmtpAddress):
+        return (
+            f"{calendar} is a secondary (proxy) address of a mailbox (ErrorNonPrimarySmtpAddress): "
+            "use the mailbox's primary SMTP address"
+        )
     if isinstance(error, FatalProviderError):
         return str(error)
     return (

@@ -853,6 +853,10 @@ def test_check_reports_what_to_fix(
     unknown = make_provider().check(GHOST)
     assert not unknown.ok and "no mailbox" in unknown.render()
 
+    emulator.rename_mailbox(CAROL, "carol.new@example.com")
+    proxy = make_provider().check(CAROL)
+    assert not proxy.ok and "use the mailbox's primary SMTP address" in proxy.render()
+
     wrong_url = make_provider(ews_url=emulator.url.rsplit(":", 1)[0] + ":1/EWS/Exchange.asmx")
     assert "cannot reach" in wrong_url.check(ALICE).render()
 
