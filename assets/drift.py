@@ -317,6 +317,26 @@ def history_by_run(history: pd.DataFrame) -> pd.DataFrame:
     return counts.astype(int).reset_index().rename_axis(None, axis=1).sort_values("at")
 
 
+def latest_per_entity(history: pd.DataFrame) -> pd.DataFrame:
+    """Each legal entity's latest drift run, one row per target: at, run_id, kinds, repaired.
+
+    Runs cover one legal entity each; the report keeps every entity's own latest result
+    rather than only the entities of the run that wrote it last.
+    """
+    columns = ["legal_entity", "at", "run_id", "target", *KINDS, "repaired"]
+    if history.empty:
+        return pd.DataFrame(columns=columns)
+    latest_at = history.groupby("legal_entity")["at"].transform("max")
+    latest = history[history["at"] == latest_at]
+    index = ["legal_entity", "at", "run_id", "target"]
+    table = latest.pivot_table(
+        index=index, columns="kind", values="count", aggfunc="sum", fill_value=0
+    ).reindex(columns=list(KINDS), fill_value=0)
+    table["repaired"] = latest.groupby(index)["repaired"].sum()
+    out = table.astype(int).reset_index().rename_axis(None, axis=1)
+    return out[columns].sort_values(["legal_entity", "target"], ignore_index=True)
+
+
 def calendars_to_read(
     target: TargetConfig,
     snapshot: pd.DataFrame,
@@ -597,13 +617,16 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
             context.log,
         )
         summary = report.summary()
+        history = state.drift_history()
         html, png = write_report(
             cfg.reports_dir(),
-            history_by_run(state.drift_history()),
+            history_by_run(history),
             summary,
             report.by_entity_and_date(),
             report.findings,
             [*report.errors, *report.notes],
+            per_entity=latest_per_entity(history),
+            run_id=context.run.run_id,
         )
         for row in summary.itertuples(index=False):
             context.log.info(

@@ -1,8 +1,18 @@
-"""The embedded default target: one subscribable RFC 5545 .ics feed per employee."""
+"""The embedded default target: one subscribable RFC 5545 .ics feed per employee.
+
+With a key in the environment (``feed_key_env``), a feed's file name, and so its URL, is an
+HMAC of the mailbox and its rotation count: nobody can guess a colleague's URL from their
+address, and one person's URL can be rotated. Feeds written under the older ``<email>.ics``
+names are moved to their private names the first time they are seen.
+"""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
+import json
 import os
 import re
 import tempfile
@@ -16,6 +26,7 @@ from resources.providers.base import (
     ChangeResult,
     CheckReport,
     EventChange,
+    FatalProviderError,
     ProviderSettings,
     RemoteEvent,
 )
@@ -34,16 +45,29 @@ from resources.providers.ical import (
 __all__ = ["BUSY_PROP", "KEY_PROP", "LEAVE_PROP", "TZ_PROP", "IcsProvider", "feed_file_name"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
+# Rotation counts, by an HMAC of the mailbox (not the feed's token): a dot file, which the
+# README's nginx configuration refuses to serve, and which tells nothing without the key.
+ROTATIONS_FILE = ".leavesync-rotations.json"
 
 
 class IcsSettings(ProviderSettings):
     directory: str | None = None  # default: <LEAVESYNC_HOME>/feeds/<target name>
     calendar_name: str = "Leaves"
+    # The environment variable holding the key feed names are derived from (private URLs).
+    feed_key_env: str = "LEAVESYNC_FEED_KEY"
+    # Where the directory is served (https://…/feeds): `leavesync feeds` prints URLs under it,
+    # and a target with a base_url refuses to run without its key.
+    base_url: str | None = None
 
 
-def feed_file_name(calendar: str) -> str:
-    """The feed's file name for a mailbox (safe on every file system)."""
-    return _UNSAFE.sub("_", calendar.lower()) + ".ics"
+def feed_file_name(calendar: str, key: bytes | None = None, rotation: int = 0) -> str:
+    """The feed's file name for a mailbox: private (HMAC) with a key, else ``<email>.ics``."""
+    mailbox = calendar.strip().lower()
+    if key is None:
+        return _UNSAFE.sub("_", mailbox) + ".ics"
+    message = f"feed\0{mailbox}\0{rotation}".encode()
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.b32encode(digest[:20]).decode("ascii").lower() + ".ics"
 
 
 class IcsProvider(CalendarProvider):
@@ -58,15 +82,113 @@ class IcsProvider(CalendarProvider):
             os.environ.get("LEAVESYNC_HOME", ".leavesync"), "feeds", target_name
         )
         self.directory = Path(base).resolve()
+        key = os.environ.get(settings.feed_key_env)
+        self._key: bytes | None = key.encode() if key else None
+        self._migrated = False
+
+    @property
+    def private(self) -> bool:
+        """Feed names are derived from the key (unguessable, rotatable)."""
+        return self._key is not None
+
+    def preflight(self) -> None:
+        if self.settings.base_url and not self.private:
+            raise FatalProviderError(
+                f"ics target {self.target_name}: settings.base_url is set (the feeds are "
+                f"served) but environment variable {self.settings.feed_key_env} "
+                "(settings.feed_key_env) is not set: feeds would be served under guessable "
+                "names (<email>.ics). Set it to a long random secret, e.g. "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        if self.private and not self._migrated:
+            self.migrate()  # every run the CLI starts moves feeds still named <email>.ics
 
     def path_for(self, calendar: str) -> Path:
-        return self.directory / feed_file_name(calendar)
+        """The feed's path; a feed found under an older name (email, rotation) is moved here."""
+        if self._key is None:
+            return self.directory / feed_file_name(calendar)
+        rotation = self._rotations().get(self._rotation_id(calendar), 0)
+        path = self.directory / feed_file_name(calendar, self._key, rotation)
+        if not path.exists():
+            older = [feed_file_name(calendar, self._key, r) for r in range(rotation - 1, -1, -1)]
+            for name in [*older, feed_file_name(calendar)]:
+                if (self.directory / name).exists():
+                    os.replace(self.directory / name, path)
+                    break
+        return path
+
+    def feed_url(self, calendar: str) -> str | None:
+        """The subscription URL of a mailbox's feed (None without a base_url)."""
+        if not self.settings.base_url:
+            return None
+        return self.settings.base_url.rstrip("/") + "/" + self.path_for(calendar).name
+
+    def rotate(self, calendar: str) -> Path:
+        """Give a mailbox a new feed name; the feed moves there, so its old URL stops working."""
+        if self._key is None:
+            raise FatalProviderError(
+                f"ics target {self.target_name}: cannot rotate a feed name without a key in "
+                f"{self.settings.feed_key_env} (settings.feed_key_env)"
+            )
+        old = self.path_for(calendar)
+        rotations = self._rotations()
+        ident = self._rotation_id(calendar)
+        rotations[ident] = rotations.get(ident, 0) + 1
+        # The count first: a crash before the move leaves the feed under an older name,
+        # which path_for moves to the new one.
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.directory / ROTATIONS_FILE, json.dumps(rotations).encode())
+        new = self.directory / feed_file_name(calendar, self._key, rotations[ident])
+        if old.exists():
+            os.replace(old, new)
+        return new
+
+    def migrate(self) -> int:
+        """Move every feed still under its ``<email>.ics`` name to its private name.
+
+        A name the file-name sanitising changed (an address with a character outside
+        ``A-Za-z0-9._@+-``, made ``_``) cannot be read back as its address: such a feed moves
+        when its mailbox is next written or read back, or by ``leavesync feeds``.
+        """
+        self._migrated = True
+        if self._key is None or not self.directory.is_dir():
+            return 0
+        moved = 0
+        for path in self.directory.glob("*@*.ics"):
+            mailbox = path.name[: -len(".ics")]
+            if "_" in mailbox or feed_file_name(mailbox) != path.name:
+                continue
+            if self.path_for(mailbox) != path and not path.exists():
+                moved += 1
+        return moved
+
+    def _rotation_id(self, calendar: str) -> str:
+        assert self._key is not None
+        message = f"rotation\0{calendar.strip().lower()}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
+
+    def _rotations(self) -> dict[str, int]:
+        """The rotation counts, re-read whenever the file changed (another process rotated)."""
+        path = self.directory / ROTATIONS_FILE
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return {}
+        seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if getattr(self, "_rotations_seen", None) != seen:
+            self._rotations_cache = {
+                str(k): int(v) for k, v in json.loads(path.read_bytes()).items()
+            }
+            self._rotations_seen = seen
+        return dict(self._rotations_cache)
 
     def apply(self, changes: Sequence[EventChange]) -> Iterator[ChangeResult]:
         by_calendar: dict[str, list[EventChange]] = {}
         for change in changes:
             by_calendar.setdefault(change.calendar, []).append(change)
         self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._migrated:
+            self.migrate()
         for calendar, group in by_calendar.items():
             yield from self._apply_calendar(calendar, group)
 
@@ -132,6 +254,19 @@ class IcsProvider(CalendarProvider):
             report.add(f"feed directory {directory} is writable", True)
         except OSError as err:
             report.add(f"feed directory {directory} is writable", False, str(err))
+        if self.private:
+            report.add(
+                "feed names are private (HMAC of the address with the key in "
+                f"${self.settings.feed_key_env})",
+                True,
+            )
+        else:
+            report.add(
+                "feed names are private",
+                not self.settings.base_url,
+                f"${self.settings.feed_key_env} is not set: feeds are named <email>.ics, "
+                "guessable; set it before serving the directory",
+            )
         path = self.path_for(sample_calendar)
         if path.exists():
             try:
@@ -146,6 +281,8 @@ class IcsProvider(CalendarProvider):
     def read_back(
         self, calendars: Iterable[str], start: dt.date, end: dt.date
     ) -> Iterator[RemoteEvent]:
+        if not self._migrated:
+            self.migrate()
         for calendar in calendars:
             feed = _read(self.path_for(calendar))
             if feed is None:

@@ -499,3 +499,44 @@ def test_one_event_read_through_an_alias_counts_once_where_hr_places_it():
         [deleted], set(), frozenset(), ("title",),
     )  # fmt: skip
     assert empty.findings == []
+
+
+def test_report_has_a_section_per_legal_entity_with_its_own_latest_run(home, hr, tmp_path):
+    """A run of US writes the report last; FR's section still shows FR's own latest run."""
+    import re
+
+    from assets.drift import latest_per_entity
+
+    hr.employee(1, email="ann@example.com")
+    hr.employee(2, "US", email="joe@example.com")
+    fr_leave = hr.leave(1, day(0))
+    hr.leave(2, day(1))
+    us_scopes = [scope("US", DAY, day(9))]
+    pipeline = Pipeline(make_config(home, hr.url))
+    pipeline.sync(SCOPES + us_scopes)
+    feeds = Feeds(home)
+    measure_drift(pipeline.plan(SCOPES), pipeline.cfg, pipeline.hr, pipeline.state,
+                  pipeline.settings.provider, "run-fr-1", "repair", False)  # fmt: skip
+    feeds.edit("ann@example.com", f"leave-{fr_leave}", lambda cal, ev: cal.subcomponents.remove(ev))
+    measure_drift(pipeline.plan(SCOPES), pipeline.cfg, pipeline.hr, pipeline.state,
+                  pipeline.settings.provider, "run-fr-2", "report", False)  # fmt: skip
+    us = measure_drift(pipeline.plan(us_scopes), pipeline.cfg, pipeline.hr, pipeline.state,
+                       pipeline.settings.provider, "run-us", "repair", False)  # fmt: skip
+    history = pipeline.state.drift_history()
+
+    per_entity = latest_per_entity(history)
+    page, _ = write_report(tmp_path, history_by_run(history), us.summary(),
+                           us.by_entity_and_date(), us.findings, [],
+                           per_entity=per_entity, run_id="run-us")  # fmt: skip
+
+    assert per_entity[["legal_entity", "run_id", "missing", "repaired"]].to_dict("records") == [
+        {"legal_entity": "FR", "run_id": "run-fr-2", "missing": 1, "repaired": 0},
+        {"legal_entity": "US", "run_id": "run-us", "missing": 0, "repaired": 0},
+    ]
+    found = re.findall(r'<section class="entity" id="([^"]+)">(.*?)</section>',
+                       page.read_text(encoding="utf-8"), re.S)  # fmt: skip
+    sections = {key: " ".join(re.sub(r"<[^>]+>", " ", body).split()) for key, body in found}
+    assert list(sections) == ["entity-FR", "entity-US"]
+    assert "run run-fr-2:" in sections["entity-FR"] and "1 drifted events" in sections["entity-FR"]
+    assert "(this run)" not in sections["entity-FR"]
+    assert "run run-us (this run): 0 drifted events" in sections["entity-US"]
