@@ -23,7 +23,7 @@ from assets.diff import CHANGE_COLUMNS, Diff
 from assets.drift_report import write_report
 from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, LeaveDiff, snapshot_in_scope
 from assets.links import report_link
-from assets.render import EVENT_COLUMNS, served_by
+from assets.render import EVENT_COLUMNS, configured_calendars, served_by
 from assets.sync import CALENDAR_SYNC, apply_diff
 from assets.tables import markdown_table
 from assets.validation import blast_radius, email_problem
@@ -355,7 +355,10 @@ def calendars_to_read(
     known |= set(state.registry_calendars(target.name, codes))
     unscanned = sorted(set(codes) - state.scanned(target.name, codes))
     extra: set[str] = set()
-    if unscanned:
+    if unscanned and target.team is not None:
+        # A team target writes only to its shared calendars, never to an employee's own.
+        extra = set(configured_calendars(target)) - known
+    elif unscanned:
         emails = hr.employee_emails(unscanned)
         served = emails[served_by(emails, target)] if len(emails) else emails
         extra = {e for e in served["employee_email"] if email_problem(e) is None} - known

@@ -10,6 +10,18 @@ from resources.config import AppConfig, ConfigError
 SETUP = 2
 
 
+def shared_calendars(target, hr) -> list[str]:
+    """Every shared calendar a team target names; for ics grouped by legal entity, also the
+    feed of each legal entity HR knows (a feed is named after its group by default)."""
+    from assets.render import configured_calendars, team_feed_of
+
+    calendars = configured_calendars(target)
+    if target.type == "ics" and target.team.group_by == "legal_entity":
+        named = set(target.team.calendars)
+        calendars += [team_feed_of(c) for c in hr.legal_entities() if c not in named]
+    return sorted(set(calendars))
+
+
 def feeds(cfg: AppConfig, names: list[str], as_csv: bool, rotate: str | None) -> int:
     """Print email, legal entity and URL per employee HR knows; or rotate one person's URL."""
     from pipelines.definitions import build_resources
@@ -42,7 +54,11 @@ def feeds(cfg: AppConfig, names: list[str], as_csv: bool, rotate: str | None) ->
         providers.append(provider)
 
     if rotate:
+        team_feed = rotate.startswith("teams/")  # a team feed's calendar, as `feeds` lists it
         for provider in providers:
+            kind = resources["settings"].target(provider.target_name).kind
+            if (kind == "team") != team_feed:
+                continue
             provider.rotate(rotate)
             print(f"{provider.target_name}: {rotate.strip().lower()}: {provider.feed_url(rotate)}")
         print("the old URL no longer works: send the new one to its owner", file=sys.stderr)
@@ -56,7 +72,13 @@ def feeds(cfg: AppConfig, names: list[str], as_csv: bool, rotate: str | None) ->
         writer.writerow(header)
     rows = []
     for provider in providers:
-        serves = resources["settings"].target(provider.target_name).serves
+        target = resources["settings"].target(provider.target_name)
+        if target.team is not None:  # a team target's feeds: one per group, not per person
+            for calendar in shared_calendars(target, hr):
+                row = [calendar, "", provider.feed_url(calendar)]
+                rows.append(row + ([provider.target_name] if len(providers) > 1 else []))
+            continue
+        serves = target.serves
         domains = {d.lower().lstrip("@") for d in serves.email_domains}
         for email, entity in people.sort_values("employee_email").itertuples(index=False):
             if serves.legal_entities and entity not in serves.legal_entities:

@@ -30,6 +30,7 @@ from resources.providers.base import (
     ProviderSettings,
     RemoteEvent,
 )
+from resources.providers.feed_text import Block, FeedText
 from resources.providers.ical import (
     BUSY_PROP,
     KEY_PROP,
@@ -58,6 +59,9 @@ class IcsSettings(ProviderSettings):
     # Where the directory is served (https://…/feeds): `leavesync feeds` prints URLs under it,
     # and a target with a base_url refuses to run without its key.
     base_url: str | None = None
+
+
+TEAM_FEEDS = "teams/"
 
 
 def feed_file_name(calendar: str, key: bytes | None = None, rotation: int = 0) -> str:
@@ -105,6 +109,8 @@ class IcsProvider(CalendarProvider):
 
     def path_for(self, calendar: str) -> Path:
         """The feed's path; a feed found under an older name (email, rotation) is moved here."""
+        if calendar.startswith(TEAM_FEEDS):
+            return self._team_path(calendar)
         if self._key is None:
             return self.directory / feed_file_name(calendar)
         rotation = self._rotations().get(self._rotation_id(calendar), 0)
@@ -117,11 +123,28 @@ class IcsProvider(CalendarProvider):
                     break
         return path
 
+    def _team_path(self, calendar: str) -> Path:
+        """A team feed: ``teams/<name>.ics``; with the key, private like an employee's."""
+        folder = self.directory / "teams"
+        plain = f"{_UNSAFE.sub('_', calendar.removeprefix(TEAM_FEEDS))}.ics"
+        if self._key is None:
+            return folder / plain
+        rotation = self._rotations().get(self._rotation_id(calendar), 0)
+        path = folder / feed_file_name(calendar, self._key, rotation)
+        if not path.exists():
+            older = [feed_file_name(calendar, self._key, r) for r in range(rotation - 1, -1, -1)]
+            for name in [*older, plain]:
+                if (folder / name).exists():
+                    os.replace(folder / name, path)
+                    break
+        return path
+
     def feed_url(self, calendar: str) -> str | None:
         """The subscription URL of a mailbox's feed (None without a base_url)."""
         if not self.settings.base_url:
             return None
-        return self.settings.base_url.rstrip("/") + "/" + self.path_for(calendar).name
+        relative = self.path_for(calendar).relative_to(self.directory).as_posix()
+        return self.settings.base_url.rstrip("/") + "/" + relative
 
     def rotate(self, calendar: str) -> Path:
         """Give a mailbox a new feed name; the feed moves there, so its old URL stops working."""
@@ -138,7 +161,7 @@ class IcsProvider(CalendarProvider):
         # which path_for moves to the new one.
         self.directory.mkdir(parents=True, exist_ok=True)
         _write_atomically(self.directory / ROTATIONS_FILE, json.dumps(rotations).encode())
-        new = self.directory / feed_file_name(calendar, self._key, rotations[ident])
+        new = old.parent / feed_file_name(calendar, self._key, rotations[ident])
         if old.exists():
             os.replace(old, new)
         return new
@@ -190,50 +213,58 @@ class IcsProvider(CalendarProvider):
         if not self._migrated:
             self.migrate()
         for calendar, group in by_calendar.items():
+            self.path_for(calendar).parent.mkdir(parents=True, exist_ok=True)
             yield from self._apply_calendar(calendar, group)
 
     def _apply_calendar(self, calendar: str, changes: list[EventChange]) -> Iterator[ChangeResult]:
         path = self.path_for(calendar)
         try:
-            feed = _read(path) or self._new_calendar(calendar)
-        except ValueError as err:
+            feed = _read_text(path) or FeedText.empty(self._new_calendar(calendar).to_ical())
+        except (ValueError, UnicodeDecodeError) as err:
             for change in changes:
                 yield ChangeResult(
                     change, ok=False, error=f"{path}: unreadable feed: {err}", permanent=True
                 )
             return
-        ours = {str(c.get("UID")): c for c in feed.walk("VEVENT") if c.get(KEY_PROP)}
-        zones = [str(c.get(TZ_PROP)) for c in ours.values() if c.get(TZ_PROP)]
+        # Only the changed events are rendered; the others keep their bytes (FeedText).
+        slots: list[Block | None] = list(feed.blocks)
+        where = {
+            b.props["UID"]: i
+            for i, b in enumerate(feed.blocks)
+            if b.kind == "VEVENT" and b.props.get(KEY_PROP) and "UID" in b.props
+        }
+        zones = [b.props[TZ_PROP] for b in feed.blocks if TZ_PROP in b.props]
         outcomes: list[tuple[EventChange, str | None, str | None]] = []
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         dirty = False
         for change in changes:
             uid = uid_for(change.event_key)
-            if change.op == "delete" and _is_copy(ours, change):
+            if change.op == "delete" and _is_copy(slots, where, change):
                 uid = str(change.provider_event_id)  # drift deletes a copy of ours by its UID
-            existing = ours.get(uid)
+            at = where.get(uid)
+            existing = slots[at] if at is not None else None
             if change.op == "delete":
-                if existing is not None:
-                    feed.subcomponents.remove(existing)
-                    del ours[uid]
+                if at is not None:
+                    slots[at] = None
+                    del where[uid]
                     dirty = True
                 outcomes.append((change, None, None))
                 continue
             assert change.event is not None, "create/update needs the event"
             zones.append(change.event.timezone)
-            sequence = int(existing.get("SEQUENCE", 0)) + 1 if existing is not None else 0
-            event = vevent(change.event, uid, sequence, now)
-            if existing is not None:
-                feed.subcomponents[feed.subcomponents.index(existing)] = event
+            sequence = int(existing.props.get("SEQUENCE", 0)) + 1 if existing is not None else 0
+            event = Block("VEVENT", vevent(change.event, uid, sequence, now).to_ical())
+            if at is not None:
+                slots[at] = event
             else:
-                feed.add_component(event)
-            ours[uid] = event
+                where[uid] = len(slots)
+                slots.append(event)
             dirty = True
             outcomes.append((change, uid, str(sequence)))
         if dirty:
-            _keep_valid(feed, zones)
+            feed.blocks = _keep_valid([b for b in slots if b is not None], zones)
             try:
-                _write_atomically(path, feed.to_ical())
+                _write_atomically(path, feed.to_bytes())
             except OSError as err:
                 for change, _, _ in outcomes:
                     yield ChangeResult(change, ok=False, error=f"{path}: cannot write: {err}")
@@ -242,11 +273,12 @@ class IcsProvider(CalendarProvider):
             yield ChangeResult(change, ok=True, provider_event_id=uid, version=version)
 
     def _new_calendar(self, calendar: str) -> Calendar:
-        return new_calendar("PUBLISH", x_wr_calname=f"{self.settings.calendar_name} ({calendar})")
+        shown = calendar.removeprefix(TEAM_FEEDS)
+        return new_calendar("PUBLISH", x_wr_calname=f"{self.settings.calendar_name} ({shown})")
 
     def check(self, sample_calendar: str) -> CheckReport:
         report = CheckReport(self.target_name)
-        directory = self.directory
+        directory = self.path_for(sample_calendar).parent
         try:
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=directory, prefix=".check-", delete=True):
@@ -303,10 +335,11 @@ class IcsProvider(CalendarProvider):
                 )
 
 
-def _is_copy(ours: dict, change: EventChange) -> bool:
+def _is_copy(slots: list[Block | None], where: dict[str, int], change: EventChange) -> bool:
     """A delete naming another event of ours with this key (a copy a client made)."""
-    other = ours.get(str(change.provider_event_id)) if change.provider_event_id else None
-    return other is not None and str(other.get(KEY_PROP)) == change.event_key
+    at = where.get(str(change.provider_event_id)) if change.provider_event_id else None
+    other = slots[at] if at is not None else None
+    return other is not None and other.props.get(KEY_PROP) == change.event_key
 
 
 def _read(path: Path) -> Calendar | None:
@@ -328,17 +361,21 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _keep_valid(feed: Calendar, zones: list[str]) -> None:
+def _read_text(path: Path) -> FeedText | None:
+    if not path.exists():
+        return None
+    return FeedText.parse(path.read_bytes(), ("UID", KEY_PROP, "SEQUENCE", TZ_PROP))
+
+
+def _keep_valid(blocks: list[Block], zones: list[str]) -> list[Block]:
     """A feed holds one component or more (RFC 5545 3.6): an empty one keeps a VTIMEZONE.
 
     Strict parsers (sabre/vobject, which Nextcloud and Baikal use) reject a VCALENDAR with no
     component; the zone of the events the feed held keeps it valid without inventing an event.
     Timed events are written in UTC, so a feed with events needs no VTIMEZONE at all.
     """
-    has_event = any(c.name == "VEVENT" for c in feed.subcomponents)
-    timezones = [c for c in feed.subcomponents if c.name == "VTIMEZONE"]
-    if has_event:
-        for tz in timezones:
-            feed.subcomponents.remove(tz)
-    elif not timezones:
-        feed.add_component(vtimezone(zones[-1] if zones else "UTC"))
+    if any(b.kind == "VEVENT" for b in blocks):
+        return [b for b in blocks if b.kind != "VTIMEZONE"]
+    if any(b.kind == "VTIMEZONE" for b in blocks):
+        return blocks
+    return [*blocks, Block("VTIMEZONE", vtimezone(zones[-1] if zones else "UTC").to_ical())]

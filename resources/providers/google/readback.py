@@ -29,7 +29,7 @@ def read_back(
     time_max = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC)
     for user in calendars:
         try:
-            authed = batcher.signin.authorize(user)
+            authed = batcher.signin.authorize(batcher.settings.subject_for(user))
         except UserFailed as exc:
             log.warning("read-back skipped %s: %s", user, exc)
             continue
@@ -52,7 +52,7 @@ def _list_user(
     page_token = None
     while True:
         call = batcher.events().list(
-            calendarId=batcher.settings.calendar_id,
+            calendarId=batcher.settings.calendar_id_for(user),
             privateExtendedProperty=f"{TAG_PROPERTY}={TAG_VALUE}",
             showDeleted=True,
             singleEvents=True,
@@ -92,7 +92,7 @@ def _execute(batcher: Batcher, user: str, call: Any, authed: Any) -> dict[str, A
             return call.execute(http=authed)
         except auth_exceptions.RefreshError as exc:
             # A cached token refused (the user deleted since): UserFailed if it names the user.
-            batcher.signin.raise_for_token_error(user, exc)
+            batcher.signin.raise_for_token_error(batcher.settings.subject_for(user), exc)
             if attempt >= settings.max_attempts:
                 raise UserFailed(f"no token for {user}: {exc}") from None
             time.sleep(backoff.delay(attempt))

@@ -128,3 +128,20 @@ def _window():
     import datetime as dt
 
     return dt.date(2026, 1, 1), dt.date(2027, 1, 1)
+
+
+def test_team_feeds_get_private_rotatable_names_too(tmp_path, monkeypatch):
+    legacy = provider(tmp_path, monkeypatch, key=None)
+    create(legacy, "teams/FR", "team-leave-1")
+    assert (tmp_path / "feeds" / "teams" / "FR.ics").exists()
+
+    p = provider(tmp_path, monkeypatch, base_url="https://cal.example.com/leaves/")
+    create(p, "teams/FR", "team-leave-2")
+    [path] = (tmp_path / "feeds" / "teams").glob("*.ics")
+    assert path.name == feed_file_name("teams/FR", KEY.encode()) and "FR" not in path.name
+    assert keys_in(path) == {"team-leave-1@leavesync", "team-leave-2@leavesync"}
+    assert p.feed_url("teams/FR") == f"https://cal.example.com/leaves/teams/{path.name}"
+
+    moved = p.rotate("teams/FR")
+    assert moved.parent == path.parent and moved.name != path.name and not path.exists()
+    assert keys_in(moved) == {"team-leave-1@leavesync", "team-leave-2@leavesync"}
