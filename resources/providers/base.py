@@ -250,6 +250,9 @@ class CalendarProvider(abc.ABC):
     # The payload fields this provider stores and reads back faithfully; the drift report
     # compares only these (Google, for instance, has no show-as).
     compared_fields: ClassVar[tuple[str, ...]] = FINGERPRINT_FIELDS
+    # True: two addresses may reach one mailbox (an alias kept after a rename), so read_back
+    # may report one event (same id, same version) under both; the drift report folds them.
+    addresses_may_alias: ClassVar[bool] = False
 
     def __init__(self, target_name: str, settings: ProviderSettings) -> None:
         self.target_name = target_name

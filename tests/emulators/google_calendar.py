@@ -245,6 +245,30 @@ class GoogleCalendarEmulator:
                 _Bucket(project_per_minute, project_burst) if project_per_minute else None
             )
 
+    def rename_user(self, old: str, new: str, keep_alias: bool = True) -> None:
+        """The user's primary address becomes ``new``, calendar and tokens with it (a token
+        is the account's, not the address's); the old address stays an alias
+        (``keep_alias``, Google's default on a rename) or names no user."""
+        with self.lock:
+            self.users.discard(old)
+            self.users.add(new)
+            self.calendars[new] = self.calendars.pop(old, {})
+            self.tokens = {
+                t: (new if u == old else u, scopes) for t, (u, scopes) in self.tokens.items()
+            }
+            for alias, user in list(self.aliases.items()):
+                if user == old:
+                    self.aliases[alias] = new
+            if keep_alias:
+                self.aliases[old] = new
+
+    def remove_user(self, user: str) -> None:
+        """The user is deleted: their calendar and their tokens go with them."""
+        with self.lock:
+            self.users.discard(user)
+            self.calendars.pop(user, None)
+            self.tokens = {t: v for t, v in self.tokens.items() if v[0] != user}
+
     def add_calendar(self, calendar_id: str, acl: dict[str, str]) -> None:
         """A secondary calendar shared with these users ("reader" or "writer")."""
         with self.lock:

@@ -98,7 +98,12 @@ def look_up(
             calls.append((query, _list_call(batcher, query, authorised[query.user])))
         if not calls:
             continue
-        outcomes = batcher.send([(q.user, call) for q, call in calls], batcher.signin.http())
+        try:
+            outcomes = batcher.send([(q.user, call) for q, call in calls], batcher.signin.http())
+        except UserFailed as exc:  # one user's cached token refused, its refresh too
+            for query, _ in calls:
+                fail(query.user, str(exc), True)
+            continue
         for (query, _), outcome in zip(calls, outcomes, strict=True):
             if outcome.error is None and not outcome.lost:
                 page = outcome.response or {}

@@ -148,6 +148,10 @@ class UserWrites:
             pending.extendleft(reversed(deferred))
             try:
                 authorised = self.batcher.signin.authorize(self.settings.subject_for(self.user))
+                calls = [(self.user, self._call(item, authorised)) for item in batch]
+                # A token still cached when the user was deleted is refused here, and its
+                # refresh names the user unknown.
+                outcomes = self.batcher.send(calls, authorised)
             except UserFailed as exc:
                 for item in [*batch, *pending]:
                     if item.copy:
@@ -163,8 +167,6 @@ class UserWrites:
                     else:
                         self.emit(ChangeResult(item.change, False, error=str(exc), permanent=True))
                 return
-            calls = [(self.user, self._call(item, authorised)) for item in batch]
-            outcomes = self.batcher.send(calls, authorised)
             again: list[Item] = []
             wait = 0.0
             for item, outcome in zip(batch, outcomes, strict=True):
