@@ -25,7 +25,7 @@ from assets.drift_report import write_report
 from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, LeaveDiff, snapshot_in_scope
 from assets.links import report_link
 from assets.partition_report import PartitionIndex
-from assets.render import EVENT_COLUMNS, served_by
+from assets.render import EVENT_COLUMNS, configured_calendars, served_by
 from assets.sync import CALENDAR_SYNC, apply_diff
 from assets.tables import markdown_table
 from assets.validation import blast_radius, email_problem
@@ -165,6 +165,26 @@ def _pick(
     return kept, [r for r in group if r is not kept]
 
 
+def fold_aliases(remote: list[RemoteEvent], placed: set[tuple[str, str]]) -> list[RemoteEvent]:
+    """One event read under several addresses (an alias of a renamed mailbox) counts once.
+
+    The same id and version under two calendars is one event seen twice: it is kept where
+    HR or the snapshot places it (``placed``: event key, calendar), else under the first
+    address, so that drift never takes it for an orphan of the old address and deletes it.
+    """
+    seen: dict[tuple[str, str, str], list[RemoteEvent]] = defaultdict(list)
+    for event in remote:
+        if event.provider_event_id and event.version:
+            seen[(event.event_key, event.provider_event_id, event.version)].append(event)
+    dropped: set[int] = set()
+    for group in seen.values():
+        if len({e.calendar for e in group}) < 2:
+            continue
+        kept = next((e for e in group if (e.event_key, e.calendar) in placed), group[0])
+        dropped |= {id(e) for e in group if e is not kept}
+    return [e for e in remote if id(e) not in dropped]
+
+
 def compare_target(
     snapshot: pd.DataFrame,
     desired: pd.DataFrame,
@@ -183,6 +203,8 @@ def compare_target(
     out = TargetDrift()
     by_place: dict[tuple[str, str], list[RemoteEvent]] = defaultdict(list)
     for event in remote:
+        if event.payload is None:
+            continue  # deleted (Google lists cancelled events): not in the calendar any more
         by_place[(event.event_key, event.calendar)].append(event)
     wanted = {r.event_key: r for r in desired.itertuples(index=False)}
     entity_of = {r.calendar: r.legal_entity for r in desired.itertuples(index=False)}
@@ -347,7 +369,10 @@ def calendars_to_read(
     known |= set(state.registry_calendars(target.name, codes))
     unscanned = sorted(set(codes) - state.scanned(target.name, codes))
     extra: set[str] = set()
-    if unscanned:
+    if unscanned and target.team is not None:
+        # A team target writes only to its shared calendars, never to an employee's own.
+        extra = set(configured_calendars(target)) - known
+    elif unscanned:
         emails = hr.employee_emails(unscanned)
         served = emails[served_by(emails, target)] if len(emails) else emails
         extra = {e for e in served["employee_email"] if email_problem(e) is None} - known
@@ -427,6 +452,10 @@ def measure_drift(
             continue
         if unscanned:
             state.mark_scanned(target.name, unscanned)
+        if provider.addresses_may_alias:
+            placed_here = set(zip(desired["event_key"], desired["calendar"], strict=True))
+            placed_here |= set(zip(snapshot["event_key"], snapshot["calendar"], strict=True))
+            remote = fold_aliases(remote, placed_here)
         keys = sorted({r.event_key for r in remote})
         elsewhere = state.snapshot_for_keys(keys) if keys else in_scope.iloc[0:0]
         elsewhere = elsewhere[elsewhere["target"] == target.name]

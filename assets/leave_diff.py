@@ -45,7 +45,7 @@ from assets.validation import (
 )
 from resources.config import AppConfig
 from resources.hr import HRDatabase, entity_partition_key
-from resources.providers.base import EVENT_KEY_PREFIX, leave_id_of
+from resources.providers.base import event_keys_of, leave_id_of
 from resources.scope import EntityScope, month_start, run_scopes, window_today
 from resources.settings import LeavesyncSettings
 from resources.state import SNAPSHOT_COLUMNS, StateStore
@@ -149,7 +149,7 @@ def plan(
             ["target", "event_key"]
         )
     errors = checked.quarantine[checked.quarantine["severity"] == "error"]
-    protected = {EVENT_KEY_PREFIX + str(i) for i in errors["leave_id"].dropna()}
+    protected = {key for i in errors["leave_id"].dropna() for key in event_keys_of(str(i))}
     diff = compute_diff(desired, snapshot, protected)
     suite = validate_diff(
         diff.changes,

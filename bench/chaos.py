@@ -104,7 +104,9 @@ class World:
             **os.environ,
             "LEAVESYNC_HOME": str(self.dir / "home"),
             "DAGSTER_HOME": str(self.dir / "dagster"),
-            "PYTHONPATH": str(REPO),
+            # Ours first; a PYTHONPATH given to the script follows (a hook that plants a bug,
+            # to see the trials catch it).
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
         for target in self.targets.values():
             self.env.update(target.env())
@@ -209,21 +211,31 @@ class World:
         """``leavesync <command>`` in its own process group; killed kill_after s into its apply."""
         args = [CLI, command, "--config", str(self.config), "--entity", ENTITY]
         args += ["--from", D.isoformat(), "--to", TO.isoformat()]
-        out = tempfile.TemporaryFile()
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        base, first, killed = self.writes(), None, False
+        log = self.dir / "cli.out"
+        with open(log, "wb") as sink:
+            t0 = time.monotonic()
+            proc = subprocess.Popen(
+                args, env=self.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        out = open(log, "rb")  # noqa: SIM115 - read as it grows, closed below
+        # The apply starts when the CLI prints "<entity>: target <t>: 0/<n> changes applied"
+        # and ends with the calendar's last write or progress line: a kill lands kill_after
+        # seconds after the start (look-ups, writes, snapshot rows, all alike).
+        seen, start, end, killed, now, tail = self.writes(), None, None, False, t0, b""
         while proc.poll() is None:
-            if kill_after is not None:
-                now = time.monotonic()
-                if first is None and self.writes() > base:
-                    first = now
-                if first is not None and now - first >= kill_after:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed = True
-                    break
+            now, writes = time.monotonic(), self.writes()
+            if writes > seen:
+                seen, end = writes, now
+            chunk = out.read()
+            if chunk:
+                if b"changes applied" in tail + chunk:
+                    end = now
+                    start = start or now
+                tail = chunk[-40:]
+            if kill_after is not None and start is not None and now - start >= kill_after:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
             time.sleep(0.003)
         rc = proc.wait()
         seconds = time.monotonic() - t0
@@ -233,15 +245,16 @@ class World:
             left = _group_members(proc.pid)
             if left:
                 os.killpg(proc.pid, signal.SIGKILL)  # our own group: leave nothing running
-        if first is None:
-            first = time.monotonic() if self.writes() > base else None
-        out.seek(0)
-        text = out.read().decode(errors="replace")
+        elif self.writes() > seen or b"changes applied" in out.read():
+            end = now  # in its last moments
+            start = start or end
+        out.close()
+        text = log.read_bytes().decode(errors="replace")
         return {
             "rc": rc,
             "killed": killed,
             "seconds": round(seconds, 2),
-            "apply_seconds": round(time.monotonic() - first, 3) if first else 0.0,
+            "apply_seconds": round(end - start, 3) if start and end else 0.0,
             "processes_left": left,
             "summary": _summary(text),
             "output": text,
@@ -419,7 +432,8 @@ def fault_trials(kinds: list[str], root: Path, events: int, seed: int, log) -> d
                 "world": "+".join(kinds),
                 "events": events,
                 "changes": events + n,
-                "faults_injected": w.targets[k].faults_injected(),
+                # A feed is a local file: there is no request to fault.
+                "faults_injected": "n/a" if k == "ics" else w.targets[k].faults_injected(),
                 "failed_runs": sum(1 for _, r in runs if r["rc"] != 0),
                 "failed_changes": sum(r["summary"].get("failed", 0) for _, r in runs),
                 **{f: got[f] for f in ("duplicates", "lost", "stale", "extra")},
@@ -558,7 +572,9 @@ def _after(r: dict) -> int:
     return a["duplicates"] + a["lost"] + a["stale"] + a["extra"]
 
 
-def goals_table(results: dict[str, dict], min_trials: int) -> tuple[str, list[str]]:
+def goals_table(
+    results: dict[str, dict], min_trials: int, markdown: bool = False
+) -> tuple[str, list[str]]:
     kinds = [k for k in KINDS if k in results]
     rows, misses = [], []
     for label, get, goal, text in GOALS:
@@ -578,6 +594,9 @@ def goals_table(results: dict[str, dict], min_trials: int) -> tuple[str, list[st
             cells.append(f"{value}{'' if ok else ' ✗'}")
         rows.append([label, text.replace("N", str(min_trials)), *cells])
     header = ["figure", "goal", *kinds]
+    if markdown:
+        lines = [header, ["---"] * len(header), *rows]
+        return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in lines), misses
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     line = lambda cells: " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     out = [line(header), "-+-".join("-" * w for w in widths), *map(line, rows)]
@@ -593,7 +612,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=20261129)
     p.add_argument("--work", type=Path, default=None, help="working folder (default: temporary)")
     p.add_argument("--out", type=Path, default=None, help=f"results file (default {RESULTS})")
+    p.add_argument(
+        "--markdown", action="store_true", help="print the saved results' table as Markdown"
+    )
     args = p.parse_args(argv)
+    if args.markdown:
+        saved = json.loads((args.out or RESULTS).read_text())
+        trials = min(r["trials"] for r in saved["runs"].values())
+        print(goals_table(saved["targets"], trials, markdown=True)[0])
+        for kinds, run in saved["runs"].items():
+            print(f"\n{kinds}: {run['date']}, {run['machine']}, {run['seconds']} s")
+        return 0
     trials = args.trials or (3 if args.smoke else 20)
     events = args.events or (50 if args.smoke else 500)
     kinds = [k for k in args.targets.split(",") if k]
@@ -653,6 +682,9 @@ def _save(out_file: Path, results: dict, kinds: list[str], trials: int, events: 
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f} at the end",
         "python": platform.python_version(),
+        "commit": subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
         "trials": trials,
         "events": events,
         "seconds": round(time.monotonic() - started, 1),

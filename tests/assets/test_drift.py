@@ -7,11 +7,12 @@ import datetime as dt
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from icalendar import Calendar
 
-from assets.drift import KINDS, compare_target, history_by_run, measure_drift
+from assets.drift import KINDS, compare_target, fold_aliases, history_by_run, measure_drift
 from assets.drift_report import write_report
 from resources.providers.base import EventPayload, RemoteEvent
 from resources.providers.ics import KEY_PROP, feed_file_name
@@ -476,6 +477,28 @@ def test_duplicates_none_of_which_the_snapshot_knows_keep_one_as_hr_wants_it(set
         (f"leave-{ids[0]}@leavesync", "Absent")
     ]
     assert drift(pipeline).findings.empty
+
+
+def test_one_event_read_through_an_alias_counts_once_where_hr_places_it():
+    payload = EventPayload("leave-1", "1", "Absent", True, "2030-01-02", "2030-01-03", "UTC",
+                           "confirmed", "oof")  # fmt: skip
+    old, new = "ann@example.com", "ann.martin@example.com"
+    seen = [RemoteEvent("leave-1", old, "id-1", payload, "v1"),
+            RemoteEvent("leave-1", new, "id-1", payload, "v1")]  # fmt: skip
+    assert [e.calendar for e in fold_aliases(seen, {("leave-1", new)})] == [new]
+    # Two copies (another version) are two events: drift judges each.
+    copies = [seen[0], RemoteEvent("leave-1", new, "id-1", payload, "v2")]
+    assert fold_aliases(copies, {("leave-1", new)}) == copies
+    # A deleted event (Google lists cancelled ones, payload None) is not in the calendar.
+    deleted = RemoteEvent("leave-1", old, "id-1", None, "v3")
+    empty = compare_target(
+        pd.DataFrame(columns=["event_key", "calendar", "legal_entity", "partition_date",
+                              "provider_event_id", "version", "leave_id", "payload"]),
+        pd.DataFrame(columns=["event_key", "calendar", "legal_entity", "partition_date",
+                              "fingerprint"]),
+        [deleted], set(), frozenset(), ("title",),
+    )  # fmt: skip
+    assert empty.findings == []
 
 
 def test_report_has_a_section_per_legal_entity_with_its_own_latest_run(home, hr, tmp_path):
