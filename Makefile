@@ -12,7 +12,7 @@ export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 export GX_ANALYTICS_ENABLED ?= false
 UI_PORT ?= 3000
 
-.PHONY: install demo sync test ui ui-check lint format bench bench-smoke bench-cli bench-providers bench-latency services clean
+.PHONY: install demo sync test ui ui-check lint format bench bench-smoke bench-cli bench-providers bench-latency chaos chaos-smoke services clean
 
 install: $(VENV)/.installed
 
@@ -71,6 +71,12 @@ bench-latency: install services  ## HR change -> calendar under dagster dev (SQL
 	$(BIN)/python -m bench.latency $(LATENCY_ARGS)
 	$(BIN)/python -m bench.latency --instance postgres --google $(LATENCY_ARGS)
 	$(BIN)/python -m bench.sensor_poll
+
+chaos: install  ## kill -9, faults and lost state on every target, against emulators (CHAOS_ARGS="--trials 20")
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+chaos-smoke: install  ## the same, 3 trials and 50 events, every target in one configuration (in CI)
+	$(BIN)/python -m bench.chaos --smoke
 
 clean:
 	rm -rf $(VENV) .leavesync

@@ -19,11 +19,13 @@ from dagster import (
     asset,
 )
 
+from assets.catalog import DRIFT_GROUP, OWNERS
 from assets.diff import CHANGE_COLUMNS, Diff
 from assets.drift_report import write_report
 from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, LeaveDiff, snapshot_in_scope
 from assets.links import report_link
-from assets.render import EVENT_COLUMNS, served_by
+from assets.partition_report import PartitionIndex
+from assets.render import EVENT_COLUMNS, configured_calendars, served_by
 from assets.sync import CALENDAR_SYNC, apply_diff
 from assets.tables import markdown_table
 from assets.validation import blast_radius, email_problem
@@ -39,6 +41,7 @@ from resources.providers.base import (
     changed_fields,
     leave_id_of,
 )
+from resources.scope import month_start, window_today
 from resources.settings import LeavesyncSettings
 from resources.state import StateStore
 
@@ -162,6 +165,26 @@ def _pick(
     return kept, [r for r in group if r is not kept]
 
 
+def fold_aliases(remote: list[RemoteEvent], placed: set[tuple[str, str]]) -> list[RemoteEvent]:
+    """One event read under several addresses (an alias of a renamed mailbox) counts once.
+
+    The same id and version under two calendars is one event seen twice: it is kept where
+    HR or the snapshot places it (``placed``: event key, calendar), else under the first
+    address, so that drift never takes it for an orphan of the old address and deletes it.
+    """
+    seen: dict[tuple[str, str, str], list[RemoteEvent]] = defaultdict(list)
+    for event in remote:
+        if event.provider_event_id and event.version:
+            seen[(event.event_key, event.provider_event_id, event.version)].append(event)
+    dropped: set[int] = set()
+    for group in seen.values():
+        if len({e.calendar for e in group}) < 2:
+            continue
+        kept = next((e for e in group if (e.event_key, e.calendar) in placed), group[0])
+        dropped |= {id(e) for e in group if e is not kept}
+    return [e for e in remote if id(e) not in dropped]
+
+
 def compare_target(
     snapshot: pd.DataFrame,
     desired: pd.DataFrame,
@@ -180,6 +203,8 @@ def compare_target(
     out = TargetDrift()
     by_place: dict[tuple[str, str], list[RemoteEvent]] = defaultdict(list)
     for event in remote:
+        if event.payload is None:
+            continue  # deleted (Google lists cancelled events): not in the calendar any more
         by_place[(event.event_key, event.calendar)].append(event)
     wanted = {r.event_key: r for r in desired.itertuples(index=False)}
     entity_of = {r.calendar: r.legal_entity for r in desired.itertuples(index=False)}
@@ -295,6 +320,37 @@ def history_by_run(history: pd.DataFrame) -> pd.DataFrame:
     return counts.astype(int).reset_index().rename_axis(None, axis=1).sort_values("at")
 
 
+def drift_by_partition(index: PartitionIndex, findings: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per partition key of the run: each kind of drift found there, and how many repaired."""
+    counts = {kind: index.count(findings[findings["kind"] == kind], "legal_entity", "date")
+              for kind in KINDS}  # fmt: skip
+    repaired = index.count(findings[findings["repaired"].astype(bool)], "legal_entity", "date")
+    return {
+        key: {**{kind: int(counts[kind][key]) for kind in KINDS}, "repaired": int(repaired[key])}
+        for key in index.keys
+    }
+
+
+def latest_per_entity(history: pd.DataFrame) -> pd.DataFrame:
+    """Each legal entity's latest drift run, one row per target: at, run_id, kinds, repaired.
+
+    Runs cover one legal entity each; the report keeps every entity's own latest result
+    rather than only the entities of the run that wrote it last.
+    """
+    columns = ["legal_entity", "at", "run_id", "target", *KINDS, "repaired"]
+    if history.empty:
+        return pd.DataFrame(columns=columns)
+    latest_at = history.groupby("legal_entity")["at"].transform("max")
+    latest = history[history["at"] == latest_at]
+    index = ["legal_entity", "at", "run_id", "target"]
+    table = latest.pivot_table(
+        index=index, columns="kind", values="count", aggfunc="sum", fill_value=0
+    ).reindex(columns=list(KINDS), fill_value=0)
+    table["repaired"] = latest.groupby(index)["repaired"].sum()
+    out = table.astype(int).reset_index().rename_axis(None, axis=1)
+    return out[columns].sort_values(["legal_entity", "target"], ignore_index=True)
+
+
 def calendars_to_read(
     target: TargetConfig,
     snapshot: pd.DataFrame,
@@ -313,7 +369,10 @@ def calendars_to_read(
     known |= set(state.registry_calendars(target.name, codes))
     unscanned = sorted(set(codes) - state.scanned(target.name, codes))
     extra: set[str] = set()
-    if unscanned:
+    if unscanned and target.team is not None:
+        # A team target writes only to its shared calendars, never to an employee's own.
+        extra = set(configured_calendars(target)) - known
+    elif unscanned:
         emails = hr.employee_emails(unscanned)
         served = emails[served_by(emails, target)] if len(emails) else emails
         extra = {e for e in served["employee_email"] if email_problem(e) is None} - known
@@ -393,6 +452,10 @@ def measure_drift(
             continue
         if unscanned:
             state.mark_scanned(target.name, unscanned)
+        if provider.addresses_may_alias:
+            placed_here = set(zip(desired["event_key"], desired["calendar"], strict=True))
+            placed_here |= set(zip(snapshot["event_key"], snapshot["calendar"], strict=True))
+            remote = fold_aliases(remote, placed_here)
         keys = sorted({r.event_key for r in remote})
         elsewhere = state.snapshot_for_keys(keys) if keys else in_scope.iloc[0:0]
         elsewhere = elsewhere[elsewhere["target"] == target.name]
@@ -536,7 +599,9 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
         name=SYNC_DRIFT,
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
-        group_name="leavesync",
+        group_name=DRIFT_GROUP,
+        owners=OWNERS,
+        kinds={"python", "pandas", "matplotlib"},
         ins={"plan": AssetIn(LEAVE_DIFF)},
         deps=[CALENDAR_SYNC],
         description=(
@@ -571,13 +636,16 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
             context.log,
         )
         summary = report.summary()
+        history = state.drift_history()
         html, png = write_report(
             cfg.reports_dir(),
-            history_by_run(state.drift_history()),
+            history_by_run(history),
             summary,
             report.by_entity_and_date(),
             report.findings,
             [*report.errors, *report.notes],
+            per_entity=latest_per_entity(history),
+            run_id=context.run.run_id,
         )
         for row in summary.itertuples(index=False):
             context.log.info(
@@ -586,6 +654,14 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
             )
         if report.errors:
             raise Failure(description="\n".join(report.errors), metadata={"report": str(html)})
+        index = PartitionIndex(
+            context.partition_keys, month_start(window_today(cfg.window.timezone))
+        )
+        for key, figures in drift_by_partition(index, report.findings).items():
+            month, entity = key.split("|", 1)
+            context.add_asset_metadata(
+                {"legal_entity": entity, "month": month[:7], **figures}, partition_key=key
+            )
         return MaterializeResult(
             metadata={
                 "drift": MetadataValue.md(markdown_table(report.by_entity_and_date())),

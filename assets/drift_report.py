@@ -46,6 +46,32 @@ def plot_history(runs: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def entity_sections(per_entity: pd.DataFrame, findings: pd.DataFrame, run_id: str | None) -> str:
+    """One section per legal entity: its latest drift run's counts per target, and the
+    findings of that run when it is this one."""
+    if per_entity.empty:
+        return "<p>No drift run recorded yet.</p>"
+    out = []
+    for entity, rows in per_entity.groupby("legal_entity", sort=True):
+        first = rows.iloc[0]
+        kinds = [c for c in rows.columns if c not in ("legal_entity", "at", "run_id", "target")]
+        drifted = int(rows[[k for k in kinds if k != "repaired"]].to_numpy().sum())
+        at = pd.Timestamp(first["at"]).strftime("%Y-%m-%d %H:%M UTC")
+        this = " (this run)" if run_id and first["run_id"] == run_id else ""
+        out.append(
+            f'<section class="entity" id="entity-{html.escape(str(entity))}">'
+            f"<h3>{html.escape(str(entity))}</h3>"
+            f"<p>Latest drift run {at}, run {html.escape(str(first['run_id']))}{this}: "
+            f"{drifted} drifted events, {int(rows['repaired'].sum())} repaired.</p>"
+            + rows[["target", *kinds]].to_html(index=False)
+        )
+        mine = findings[findings["legal_entity"].astype(str) == str(entity)] if this else None
+        if mine is not None and len(mine):
+            out.append(mine.head(100).to_html(index=False))
+        out.append("</section>")
+    return "".join(out)
+
+
 def render_html(
     runs: pd.DataFrame,
     summary: pd.DataFrame,
@@ -53,11 +79,15 @@ def render_html(
     findings: pd.DataFrame,
     notes: list[str],
     plot_name: str,
+    per_entity: pd.DataFrame | None = None,
+    run_id: str | None = None,
 ) -> str:
-    """The report page: this run's drift, its findings, what stopped a repair, the history."""
+    """The report page: every legal entity's latest drift, this run's drift and findings,
+    what stopped a repair, the history."""
     recent = runs.tail(HISTORY_ROWS).iloc[::-1]
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     shown = findings.head(500)
+    sections = entity_sections(per_entity, findings, run_id) if per_entity is not None else ""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>leavesync drift report</title>
@@ -65,6 +95,7 @@ def render_html(
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head><body>
 <h1>Calendar drift</h1><p>Written {now}. Drift is what the calendars hold that leavesync did
 not write: missing, modified, orphan, duplicate and stale events.</p>
+{f"<h2>Per legal entity: each one's latest drift run</h2>{sections}" if sections else ""}
 <h2>This run, per legal entity</h2>{summary.to_html(index=False)}
 <h2>This run, per legal entity and date</h2>{by_entity_and_date.to_html(index=False)}
 {f"<h2>Not repaired</h2><ul>{items}</ul>" if items else ""}
@@ -82,16 +113,21 @@ def write_report(
     by_entity_and_date: pd.DataFrame,
     findings: pd.DataFrame,
     notes: list[str],
+    per_entity: pd.DataFrame | None = None,
+    run_id: str | None = None,
 ) -> tuple[Path, Path]:
     """Write drift.html and drift.png into the reports folder; return their paths.
 
-    It renders what drift computed: the per-run history, this run's tables and notes."""
+    It renders what drift computed: the per-run history, every legal entity's latest run
+    (``per_entity``), this run's tables and notes."""
     reports_dir.mkdir(parents=True, exist_ok=True)
     png = plot_history(runs, reports_dir / PLOT_NAME)
     page = reports_dir / REPORT_NAME
     tmp = page.with_name(f".{page.name}.{os.getpid()}.tmp")
     tmp.write_text(
-        render_html(runs, summary, by_entity_and_date, findings, notes, PLOT_NAME),
+        render_html(
+            runs, summary, by_entity_and_date, findings, notes, PLOT_NAME, per_entity, run_id
+        ),
         encoding="utf-8",
     )
     os.replace(tmp, page)

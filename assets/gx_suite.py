@@ -13,6 +13,10 @@ import pandas as pd
 from assets.diff import CHANGE_COLUMNS, OPS
 from assets.validation import EMAIL_PATTERN
 
+# A personal calendar is a mailbox; a team's shared calendar may also be an ics feed
+# (teams/<name>) or a CalDAV collection URL (Google calendar ids are address-shaped).
+CALENDAR_PATTERN = rf"(?:{EMAIL_PATTERN})|(?:^teams/[A-Za-z0-9._-]+$)|(?:^https?://\S+$)"
+
 SUITE_NAME = "leave_diff"
 ASSET_NAME = "diff"
 WRITE_FIELDS = ("leave_id", "title", "start", "end", "timezone", "fingerprint")
@@ -199,8 +203,8 @@ def _expectations() -> list:
         ),
         tag(
             "event_key_well_formed",
-            "the event key is leave-<leave id>",
-            gxe.ExpectColumnValuesToMatchRegex(column="event_key", regex=r"^leave-\S.*$"),
+            "the event key is leave-<leave id> (team-leave-<leave id> in a team calendar)",
+            gxe.ExpectColumnValuesToMatchRegex(column="event_key", regex=r"^(?:team-)?leave-\S.*$"),
         ),
         tag(
             "event_key_present",
@@ -214,8 +218,8 @@ def _expectations() -> list:
         ),
         tag(
             "calendar_well_formed",
-            "the calendar is a well-formed mailbox address",
-            gxe.ExpectColumnValuesToMatchRegex(column="calendar", regex=EMAIL_PATTERN),
+            "the calendar is a well-formed mailbox address (or a team's shared calendar)",
+            gxe.ExpectColumnValuesToMatchRegex(column="calendar", regex=CALENDAR_PATTERN),
         ),
         tag(
             "from_calendar_present",
@@ -224,9 +228,9 @@ def _expectations() -> list:
         ),
         tag(
             "from_calendar_well_formed",
-            "a move leaves a well-formed mailbox address",
+            "a move leaves a well-formed mailbox address (or a team's shared calendar)",
             gxe.ExpectColumnValuesToMatchRegex(
-                column="from_calendar", regex=EMAIL_PATTERN, row_condition=moves
+                column="from_calendar", regex=CALENDAR_PATTERN, row_condition=moves
             ),
         ),
         tag(

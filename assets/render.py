@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,6 +12,7 @@ from resources.config import EventRules, TargetConfig
 from resources.providers.base import (
     EVENT_KEY_PREFIX,
     FINGERPRINT_FIELDS,
+    TEAM_EVENT_KEY_PREFIX,
     EventPayload,
     fingerprint_texts,
 )
@@ -32,11 +34,12 @@ def _hhmmss(value: object) -> str:
     return value.strftime("%H:%M:%S")  # type: ignore[attr-defined]
 
 
-def should_have_event(leaves: pd.DataFrame, rules: EventRules) -> pd.Series:
-    """Pending and approved leaves of active, sync-enabled employees (and synced types)."""
+def should_have_event(leaves: pd.DataFrame, rules: EventRules, pending: bool = True) -> pd.Series:
+    """Pending (if ``pending``) and approved leaves of active, sync-enabled employees (and
+    synced types)."""
     unsynced_types = [code for code, rule in rules.leave_types.items() if not rule.sync]
     return (
-        leaves["status"].isin(SYNCED_STATUSES)
+        leaves["status"].isin(SYNCED_STATUSES if pending else ("approved",))
         & leaves["sync_enabled"].astype(bool)
         & leaves["active"].astype(bool)
         & ~leaves["leave_type"].isin(unsynced_types)
@@ -55,14 +58,61 @@ def served_by(leaves: pd.DataFrame, target: TargetConfig) -> pd.Series:
     return mask
 
 
+def team_calendars(leaves: pd.DataFrame, target: TargetConfig) -> pd.Series:
+    """The shared calendar of each leave's group in a team target (None: the group has none).
+
+    ics: the feed ``teams/<name>``, named by the configuration or after the group itself.
+    """
+    team = target.team
+    assert team is not None, "a team target"
+    if leaves.empty:
+        return pd.Series(None, index=leaves.index, dtype=object)
+    group = leaves[team.group_by] if team.group_by in leaves else pd.Series(None, leaves.index)
+    group = group.astype(object).where(group.notna() & group.astype(str).str.strip().ne(""))
+    calendar = group.map(team.calendars, na_action="ignore")
+    if team.calendar:
+        calendar = calendar.where(calendar.notna(), team.calendar)
+    if target.type == "ics":
+        named = calendar.where(calendar.notna(), group.map(_feed_name, na_action="ignore"))
+        return ("teams/" + named).where(named.notna(), None)
+    return calendar.astype(object).where(calendar.notna(), None)
+
+
+def configured_calendars(target: TargetConfig) -> list[str]:
+    """The shared calendars a team target's configuration names (as the diff writes them)."""
+    team = target.team
+    if team is None:
+        return []
+    names = sorted(set(team.calendars.values()) | ({team.calendar} if team.calendar else set()))
+    return ["teams/" + n for n in names] if target.type == "ics" else names
+
+
+def _feed_name(group: object) -> str:
+    """A group's feed name when the configuration names none: the group, file-name safe."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(group).strip())
+
+
+def team_feed_of(group: object) -> str:
+    """The calendar of a group's ics team feed when the configuration names none."""
+    return "teams/" + _feed_name(group)
+
+
 def render_events(leaves: pd.DataFrame, target: TargetConfig, rules: EventRules) -> pd.DataFrame:
     """The events ``target`` should hold for these (already validated) leaves."""
-    df = leaves[should_have_event(leaves, rules) & served_by(leaves, target)]
+    df = leaves[should_have_event(leaves, rules, target.pending_shown) & served_by(leaves, target)]
+    team = target.team
+    if team is not None:
+        calendar = team_calendars(df, target)
+        df = df[calendar.notna()]  # a group with no shared calendar has no team events
+        calendar = calendar[calendar.notna()]
+    else:
+        calendar = df["employee_email"].str.lower()
     out = pd.DataFrame(index=df.index)
     out["target"] = target.name
-    out["event_key"] = EVENT_KEY_PREFIX + df["leave_id"].astype(str)
+    prefix = TEAM_EVENT_KEY_PREFIX if team is not None else EVENT_KEY_PREFIX
+    out["event_key"] = prefix + df["leave_id"].astype(str)
     out["leave_id"] = df["leave_id"].astype(str)
-    out["calendar"] = df["employee_email"].str.lower()
+    out["calendar"] = calendar
     out["legal_entity"] = df["legal_entity"].astype(str)
     out["partition_date"] = df["start_date"].astype(str)
     if df.empty:
@@ -77,6 +127,8 @@ def render_events(leaves: pd.DataFrame, target: TargetConfig, rules: EventRules)
         over = df["leave_type"].map(overrides)
         title = over.where(over.notna(), title)
     out["title"] = title.where(~df["sensitive"].astype(bool), rules.absent_title).astype(str)
+    if team is not None:
+        out["title"] = _team_titles(df, out["title"], team.title)
 
     start_date = df["start_date"].astype(str)
     end_date = df["end_date"].astype(str)
@@ -115,10 +167,30 @@ def render_events(leaves: pd.DataFrame, target: TargetConfig, rules: EventRules)
         show_as = over.where(over.notna(), show_as)
     out["show_as"] = show_as.where(approved, rules.pending_show_as).astype(str)
     out["private"] = True
+    if team is not None:
+        # A shared calendar blocks nobody's availability; a private event there is hidden
+        # from the very people who read it, so visibility is the configuration's choice.
+        out["show_as"] = "free"
+        out["private"] = team.visibility == "private"
     out["description"] = rules.description
     out["categories"] = rules.categories
     out["fingerprint"] = fingerprints(out)
     return out.reset_index(drop=True)[list(EVENT_COLUMNS)]
+
+
+def _team_titles(df: pd.DataFrame, titles: pd.Series, template: str) -> pd.Series:
+    """ "Claire Martin – Absent": the template filled with the person and the event's title."""
+    name = df["employee_name"].astype(object)
+    email = df["employee_email"].astype(object)
+    name = name.where(name.notna() & name.astype(str).str.strip().ne(""), email)
+    name = name.astype(str).str.strip()
+    if template == "{name} – {title}":  # the default, column-wise
+        return name + " – " + titles
+    return pd.Series(
+        [template.format(name=n, title=t) for n, t in zip(name, titles, strict=True)],
+        index=df.index,
+        dtype=object,
+    )
 
 
 def canonical_texts(events: pd.DataFrame) -> pd.Series:

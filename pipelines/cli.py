@@ -99,6 +99,16 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("entities", help="list legal entities and register them as partitions")
     common(e)
+
+    f = sub.add_parser(
+        "feeds", help="print each employee's private feed URL (ics targets), or rotate one"
+    )
+    common(f)
+    f.add_argument("--target", action="append", default=[], help="ics target (default: all)")
+    f.add_argument("--csv", action="store_true", help="CSV (email,legal_entity,url) for mail-merge")
+    f.add_argument(
+        "--rotate", metavar="EMAIL", help="give this employee a new URL; the old one stops working"
+    )
     return p
 
 
@@ -125,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": cmd_demo,
         "check": cmd_check,
         "entities": cmd_entities,
+        "feeds": cmd_feeds,
     }
     try:
         return handler[args.command](cfg, args)
@@ -208,13 +219,15 @@ def print_quarantine(cfg: AppConfig, run_ids: list[str], limit: int = 20) -> Non
     if found.empty:
         return
     errors = found[found["severity"] == "error"]
-    print(
-        f"\nquarantined rows ({len(errors)}; skipped, kept in the state store's quarantine table)"
-    )
-    cols = ["partition", "leave_id", "start_date", "rule", "message"]
-    print(errors[cols].head(limit).to_string(index=False))
-    if len(errors) > limit:
-        print(f"... and {len(errors) - limit} more")
+    if len(errors):
+        print(
+            f"\nquarantined rows ({len(errors)}; skipped, "
+            "kept in the state store's quarantine table)"
+        )
+        cols = ["partition", "leave_id", "start_date", "rule", "message"]
+        print(errors[cols].head(limit).to_string(index=False))
+        if len(errors) > limit:
+            print(f"... and {len(errors) - limit} more")
     warnings = found[found["severity"] == "warn"]
     if len(warnings):
         counts = warnings.groupby("rule").size().to_dict()
@@ -482,7 +495,8 @@ def cmd_check(cfg: AppConfig, args: argparse.Namespace) -> int:
     resources = build_resources(cfg)
     settings, hr = resources["settings"], resources["hr"]
     sample = args.sample
-    if not sample:
+    chosen = [t for t in cfg.targets if not args.target or t.name in args.target]
+    if not sample and any(t.team is None for t in chosen):  # team targets name their calendars
         try:
             sample = hr.sample_email()
         except Exception as err:  # noqa: BLE001 - the HR database itself may be what is wrong
@@ -491,17 +505,33 @@ def cmd_check(cfg: AppConfig, args: argparse.Namespace) -> int:
             )
             return 2
     ok = True
-    for target in cfg.targets:
-        if args.target and target.name not in args.target:
-            continue
-        try:
-            rep = settings.provider(target.name).check(sample)
-            print(rep.render())
-            ok &= rep.ok
-        except FatalProviderError as err:
-            print(f"target {target.name}: PROBLEMS FOUND\n  [FAIL] {err}")
-            ok = False
+    for target in chosen:
+        for calendar in calendars_to_check(target, hr, sample):
+            try:
+                rep = settings.provider(target.name).check(calendar)
+                print(rep.render())
+                ok &= rep.ok
+            except FatalProviderError as err:
+                print(f"target {target.name}: PROBLEMS FOUND\n  [FAIL] {err}")
+                ok = False
+                break  # the whole target cannot work: the next calendar would say the same
     return 0 if ok else 1
+
+
+def calendars_to_check(target, hr, sample: str | None) -> list[str]:
+    """A personal target's sample mailbox; every shared calendar of a team target."""
+    from assets.render import team_feed_of
+    from pipelines.feeds import shared_calendars
+
+    if target.team is None:
+        return [sample]
+    return shared_calendars(target, hr) or [team_feed_of("_check")]
+
+
+def cmd_feeds(cfg: AppConfig, args: argparse.Namespace) -> int:
+    from pipelines.feeds import feeds
+
+    return feeds(cfg, args.target, args.csv, args.rotate)
 
 
 def cmd_entities(cfg: AppConfig, args: argparse.Namespace) -> int:

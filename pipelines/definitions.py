@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions, define_asset_job
+from dagster import Definitions, define_asset_job, in_process_executor
 
 from assets.drift import SYNC_DRIFT, build_sync_drift
 from assets.extract import HR_LEAVES, build_hr_leaves
@@ -41,7 +41,9 @@ def build_definitions(cfg: AppConfig) -> Definitions:
     assets = [
         build_hr_leaves(partitions),
         build_leave_diff(partitions),
-        build_calendar_sync(partitions, [t.name for t in cfg.targets]),
+        build_calendar_sync(
+            partitions, [t.name for t in cfg.targets], [t.type for t in cfg.targets]
+        ),
         build_sync_drift(partitions),
     ]
     reconcile = define_asset_job(
@@ -78,4 +80,9 @@ def build_definitions(cfg: AppConfig) -> Definitions:
             ),
         ],
         resources=resources,
+        # A run is one process (the CLI's, or the worker the code server starts), its steps
+        # in order: a run of a legal entity costs one interpreter, not one per step, and
+        # Dagster's multiprocess executor leaves scheduled runs hanging between steps
+        # (dagster-io/dagster#28492; seen here as daemon-launched runs stuck after extract).
+        executor=in_process_executor,
     )

@@ -30,6 +30,8 @@ employees = sa.Table(
     sa.Column("legal_entity", sa.String(32), index=True),
     sa.Column("email", sa.String(320)),
     sa.Column("display_name", sa.String(400)),
+    # Optional: the group of team calendars grouped by team (a department, a squad).
+    sa.Column("team", sa.String(200)),
     sa.Column("sync_enabled", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("updated_at", sa.DateTime, index=True),
@@ -99,6 +101,7 @@ FIRST = [
     "Yasmine",
     "Zoé",
 ]
+TEAMS = ["Engineering", "Sales", "Operations", "Finance"]
 LAST = [
     "Martin",
     "Bernard",
@@ -187,6 +190,7 @@ def generate(today: dt.date, scale: Scale = Scale(), seed: int = 7) -> dict[str,
                 "legal_entity": code,
                 "email": f"{local}.{i}@{domain}",
                 "display_name": f"{first} {last}",
+                "team": TEAMS[(i - 1) // len(ents) % len(TEAMS)],  # drawn from no rng: same data
                 "sync_enabled": rng.random() > 0.015,  # a few opted out
                 "active": rng.random() > 0.01,  # a few left the company
                 "updated_at": stamp,

@@ -187,11 +187,10 @@ def sweep(cfg: AppConfig, say: Callable[[str], None]) -> list[OrphanedRun]:
     home = Path(os.environ.get("DAGSTER_HOME") or cfg.home() / "dagster").resolve()
     if not (home / "dagster.yaml").exists():
         return []
-    from dagster import DagsterInstance
+    from pipelines.runner import run_instance
 
     os.environ["DAGSTER_HOME"] = str(home)
-    with DagsterInstance.get() as instance:
-        found = fail_orphaned_runs(instance)
+    found = fail_orphaned_runs(run_instance())  # the instance this process's runs use
     for o in found:
         say(f"run {o.run_id} of {o.entity} marked failed: {o.reason}")
     return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -12,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIG_ENV = "LEAVESYNC_CONFIG"
+_FEED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 HOME_ENV = "LEAVESYNC_HOME"
 
 
@@ -125,11 +127,59 @@ class Serves(_Model):
     email_domains: list[str] = Field(default_factory=list)
 
 
+TEAM_GROUPS = ("legal_entity", "team")
+TITLE_FIELDS = frozenset({"name", "title"})
+
+
+class TeamCalendars(_Model):
+    """A team target's shared calendars: one per group (legal entity or HR ``team``), or one."""
+
+    group_by: Literal["legal_entity", "team"] = "legal_entity"
+    # group -> the provider's calendar: an ics feed name, a Google calendar id, a shared
+    # mailbox (Graph, EWS), a CalDAV collection URL.
+    calendars: dict[str, str] = Field(default_factory=dict)
+    # The calendar of every group not named in ``calendars`` (one calendar for everyone).
+    calendar: str | None = None
+    title: str = Field(default="{name} – {title}", min_length=1, max_length=200)
+    # A private event in a shared calendar is invisible to its readers: public by default.
+    visibility: Literal["public", "private"] = "public"
+
+    @field_validator("title")
+    @classmethod
+    def _title_fields(cls, value: str) -> str:
+        import string
+
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as err:
+            raise ValueError(f"{value!r} is not a title template: {err}") from None
+        unknown = names - TITLE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(sorted(unknown))} in the title template; use "
+                "{name} (the employee) and {title} (the event's title, e.g. Absent)"
+            )
+        return value
+
+    @field_validator("calendars")
+    @classmethod
+    def _named(cls, value: dict[str, str]) -> dict[str, str]:
+        empty = sorted(g for g, c in value.items() if not str(c).strip())
+        if empty:
+            raise ValueError(f"no calendar named for group(s) {', '.join(empty)}")
+        return value
+
+
 class TargetConfig(_Model):
     """One calendar target (provider instance)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
     type: str
+    # personal: each employee's own calendar; team: one shared calendar per group.
+    kind: Literal["personal", "team"] = "personal"
+    team: TeamCalendars | None = None
+    # Pending leaves have an event; default: yes in personal calendars, no in team ones.
+    include_pending: bool | None = None
     serves: Serves = Serves()
     hours_instead_of_all_day: bool = False
     drift_policy: Literal["repair", "report"] = "repair"
@@ -145,6 +195,44 @@ class TargetConfig(_Model):
                 f"unknown target type {value!r}; expected one of {sorted(PROVIDER_TYPES)}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _team(self) -> TargetConfig:
+        if self.kind == "personal" and self.team is not None:
+            raise ValueError("team: only a target of kind team has team calendars")
+        if self.kind == "team" and self.team is None:
+            object.__setattr__(self, "team", TeamCalendars())
+        team = self.team
+        if team is not None and self.type != "ics" and not (team.calendars or team.calendar):
+            raise ValueError(
+                "team.calendars (group: calendar) or team.calendar (one for everyone) is "
+                f"needed: a {self.type} team target has no calendar of its own"
+            )
+        if team is not None and self.type == "caldav":
+            bad = [
+                c
+                for c in (*team.calendars.values(), team.calendar or "")
+                if c and not c.startswith(("https://", "http://"))
+            ]
+            if bad:
+                raise ValueError(f"caldav team calendars are collection URLs: {bad[0]!r}")
+        if team is not None and self.type == "ics":
+            bad = [
+                c
+                for c in (*team.calendars.values(), team.calendar or "")
+                if c and not _FEED_NAME.fullmatch(c)
+            ]
+            if bad:
+                raise ValueError(
+                    f"ics team feed names are file names (letters, digits, . _ -): {bad[0]!r}"
+                )
+        return self
+
+    @property
+    def pending_shown(self) -> bool:
+        if self.include_pending is not None:
+            return self.include_pending
+        return self.kind == "personal"
 
 
 class SafetyConfig(_Model):
@@ -211,8 +299,12 @@ class AppConfig(_Model):
     state: StateConfig = StateConfig()
     window: WindowConfig = WindowConfig()
     events: EventRules = EventRules()
+    # Embedded default (the demo): each employee's feed, and a team feed per legal entity.
     targets: list[TargetConfig] = Field(
-        default_factory=lambda: [TargetConfig(name="feeds", type="ics")]
+        default_factory=lambda: [
+            TargetConfig(name="feeds", type="ics"),
+            TargetConfig(name="team", type="ics", kind="team"),
+        ]
     )
     safety: SafetyConfig = SafetyConfig()
     reports: ReportsConfig = ReportsConfig()

@@ -37,6 +37,7 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
 )
 # Optional columns: the default query returns them; a custom SELECT may.
 OPTIONAL_COLUMNS: tuple[str, ...] = (
+    "team",  # the group of team calendars grouped by team (e.g. a department)
     "active",
     "workday_start",
     "midday",
@@ -53,7 +54,7 @@ SELECT l.id AS leave_id, l.employee_id AS employee_id, e.email AS employee_email
        l.status AS status, l.start_date AS start_date, l.end_date AS end_date,
        l.start_half AS start_half, l.end_half AS end_half, l.start_time AS start_time,
        l.end_time AS end_time, l.updated_at AS updated_at, e.sync_enabled AS sync_enabled,
-       e.active AS active, le.workday_start AS workday_start, le.midday AS midday,
+       e.active AS active, e.team AS team, le.workday_start AS workday_start, le.midday AS midday,
        le.workday_end AS workday_end,
        CASE WHEN e.id IS NULL THEN 0 ELSE 1 END AS employee_known,
        CASE WHEN lt.code IS NULL THEN 0 ELSE 1 END AS leave_type_known,
@@ -101,6 +102,7 @@ class HRDatabase(ConfigurableResource):
     _url: str | None = PrivateAttr(default=None)
     _query_checked: bool = PrivateAttr(default=False)
     _change_sources: list[str] | None = PrivateAttr(default=None)  # hr_changes sensor
+    _has_team: bool | None = PrivateAttr(default=None)
 
     def resolved_url(self) -> str:
         if self._url is None:
@@ -138,7 +140,19 @@ class HRDatabase(ConfigurableResource):
             # SENSITIVE is a reserved word in MySQL/MariaDB: quote the alias the dialect's way.
             quote = self.engine().dialect.identifier_preparer.quote_identifier
             sql = DEFAULT_QUERY.format(sensitive=quote("sensitive"))
+            if not self._has_team_column():
+                sql = sql.replace("e.team AS team", "NULL AS team")
         return f"({sql.strip().rstrip(';')}) src"
+
+    def _has_team_column(self) -> bool:
+        """False in a reference database created before employees had a team."""
+        if self._has_team is None:
+            try:
+                columns = sa.inspect(self.engine()).get_columns("employees")
+                self._has_team = any(c["name"].lower() == "team" for c in columns)
+            except sa.exc.SQLAlchemyError:
+                self._has_team = True  # let the query itself say what is wrong
+        return self._has_team
 
     def legal_entities(self) -> list[str]:
         """Legal entity codes known to HR."""
@@ -606,6 +620,7 @@ def normalise_extract(raw: pd.DataFrame) -> pd.DataFrame:
     out["sensitive"] = _flag(raw["sensitive"], False)
     out["sync_enabled"] = _flag(raw["sync_enabled"], True)
     out["active"] = _flag(raw["active"], True) if "active" in raw else True
+    out["team"] = _stripped(_text(raw["team"])) if "team" in raw else None
     for col in ("workday_start", "midday", "workday_end"):
         out[col] = _time_text(raw[col]) if col in raw else None
     if "employee_known" in raw:

@@ -15,7 +15,7 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from resources.database import create_engine, guarded, resolve_url
-from resources.providers.base import EVENT_KEY_PREFIX, ChangeResult, EventPayload
+from resources.providers.base import ChangeResult, EventPayload, event_keys_of
 
 metadata = sa.MetaData()
 
@@ -228,7 +228,7 @@ class StateStore(ConfigurableResource):
         """Where these leaves' events were last exported: leave_id, legal_entity (HR code) and
         partition_date, per target (primary-key look-ups, for the hr_changes sensor)."""
         t = snapshot_table
-        keys = [EVENT_KEY_PREFIX + str(i) for i in dict.fromkeys(leave_ids)]
+        keys = [key for i in dict.fromkeys(leave_ids) for key in event_keys_of(str(i))]
         columns = ["leave_id", "legal_entity", "partition_date"]
         frames = [
             self._frame(

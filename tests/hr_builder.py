@@ -50,6 +50,7 @@ class HRBuilder:
         name: str | None = None,
         sync_enabled: bool = True,
         active: bool = True,
+        team: str | None = None,
     ) -> str | None:
         if email == "":
             email = f"emp{id}@example.com"
@@ -61,6 +62,7 @@ class HRBuilder:
             display_name=name or f"Employee {id}",
             sync_enabled=sync_enabled,
             active=active,
+            team=team,
         )
         return email
 

@@ -59,6 +59,14 @@ class LiveTarget:
     def add_foreign(self, mailbox: str, day: dt.date) -> None:
         """An event the employee made themselves: leavesync must never touch it."""
 
+    def change_address(self, old: str, new: str, how: str) -> None:
+        """An employee's address changes on the service's side (``new`` was started empty).
+
+        ``alias``: the mailbox is renamed and the old address stays an alias of it;
+        ``renamed``: renamed, the old address reaches nothing; ``deleted``: the old mailbox is
+        deleted with its events (a new account). A feed has no mailbox: nothing to do.
+        """
+
     def foreign(self) -> int:
         """How many foreign events are there."""
         return 0
@@ -184,6 +192,12 @@ class LiveGoogle(LiveTarget):
                     )
         return out
 
+    def change_address(self, old: str, new: str, how: str) -> None:
+        if how == "deleted":
+            self.emulator.remove_user(old)
+        else:
+            self.emulator.rename_user(old, new, keep_alias=how == "alias")
+
     def add_foreign(self, mailbox: str, day: dt.date) -> None:
         self.emulator.put_event(
             mailbox,
@@ -270,6 +284,12 @@ class LiveGraph(LiveTarget):
                     )
         return out
 
+    def change_address(self, old: str, new: str, how: str) -> None:
+        if how == "deleted":
+            self.emulator.remove_mailbox(old)
+        else:
+            self.emulator.rename_user(old, new, keep_alias=how == "alias")
+
     def add_foreign(self, mailbox: str, day: dt.date) -> None:
         end = day + dt.timedelta(days=1)
         self.emulator.add_foreign_event(mailbox, "Dentist", f"{day}T09:00:00", f"{end}T10:00:00")
@@ -339,6 +359,12 @@ class LiveEws(LiveTarget):
                         )
                     )
         return out
+
+    def change_address(self, old: str, new: str, how: str) -> None:
+        if how == "deleted":
+            self.emulator.remove_mailbox(old)
+        else:
+            self.emulator.rename_mailbox(old, new, keep_alias=how == "alias")
 
     def add_foreign(self, mailbox: str, day: dt.date) -> None:
         self.emulator.add_foreign_item(mailbox, "Dentist", f"{day}T09:00:00Z", f"{day}T10:00:00Z")
@@ -440,6 +466,19 @@ class LiveCaldav(LiveTarget):
             for text in self.server.stored_files(user).values():
                 out += _ics_held(user, text)
         return out
+
+    def change_address(self, old: str, new: str, how: str) -> None:
+        """CalDAV has no address aliases (a calendar is a path): ``alias`` keeps the old
+        calendar where it is, ``renamed`` moves its collection to the new path (the server
+        renamed the account), ``deleted`` removes it."""
+        import shutil
+
+        root = self.server.storage / "collection-root"
+        if how == "renamed":
+            shutil.rmtree(root / new / "leaves")
+            (root / old / "leaves").rename(root / new / "leaves")
+        elif how == "deleted":
+            shutil.rmtree(root / old)
 
     def add_foreign(self, mailbox: str, day: dt.date) -> None:
         end = day + dt.timedelta(days=1)

@@ -34,13 +34,25 @@ FINGERPRINT_FIELDS: tuple[str, ...] = (
 
 
 # The global identity of a leave's event, whatever partition or target it is in:
-# EVENT_KEY_PREFIX + the leave id.
+# EVENT_KEY_PREFIX + the leave id. In a team calendar the same leave is another event (a
+# person subscribed to both must see two, and clients merge events of equal UID): its key
+# is TEAM_EVENT_KEY_PREFIX + the leave id.
 EVENT_KEY_PREFIX = "leave-"
+TEAM_EVENT_KEY_PREFIX = "team-leave-"
+EVENT_KEY_PREFIXES = (TEAM_EVENT_KEY_PREFIX, EVENT_KEY_PREFIX)
 
 
 def leave_id_of(event_key: str) -> str:
-    """The leave id an event key stands for."""
-    return event_key.removeprefix(EVENT_KEY_PREFIX)
+    """The leave id an event key stands for (personal or team)."""
+    for prefix in EVENT_KEY_PREFIXES:
+        if event_key.startswith(prefix):
+            return event_key[len(prefix) :]
+    return event_key
+
+
+def event_keys_of(leave_id: str) -> tuple[str, ...]:
+    """Every event key a leave may have (its personal and its team events)."""
+    return tuple(prefix + str(leave_id) for prefix in EVENT_KEY_PREFIXES)
 
 
 # Fixed 16-byte key: fingerprints must be stable across runs and processes.
@@ -238,6 +250,9 @@ class CalendarProvider(abc.ABC):
     # The payload fields this provider stores and reads back faithfully; the drift report
     # compares only these (Google, for instance, has no show-as).
     compared_fields: ClassVar[tuple[str, ...]] = FINGERPRINT_FIELDS
+    # True: two addresses may reach one mailbox (an alias kept after a rename), so read_back
+    # may report one event (same id, same version) under both; the drift report folds them.
+    addresses_may_alias: ClassVar[bool] = False
 
     def __init__(self, target_name: str, settings: ProviderSettings) -> None:
         self.target_name = target_name

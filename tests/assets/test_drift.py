@@ -7,11 +7,12 @@ import datetime as dt
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from icalendar import Calendar
 
-from assets.drift import KINDS, compare_target, history_by_run, measure_drift
+from assets.drift import KINDS, compare_target, fold_aliases, history_by_run, measure_drift
 from assets.drift_report import write_report
 from resources.providers.base import EventPayload, RemoteEvent
 from resources.providers.ics import KEY_PROP, feed_file_name
@@ -476,3 +477,66 @@ def test_duplicates_none_of_which_the_snapshot_knows_keep_one_as_hr_wants_it(set
         (f"leave-{ids[0]}@leavesync", "Absent")
     ]
     assert drift(pipeline).findings.empty
+
+
+def test_one_event_read_through_an_alias_counts_once_where_hr_places_it():
+    payload = EventPayload("leave-1", "1", "Absent", True, "2030-01-02", "2030-01-03", "UTC",
+                           "confirmed", "oof")  # fmt: skip
+    old, new = "ann@example.com", "ann.martin@example.com"
+    seen = [RemoteEvent("leave-1", old, "id-1", payload, "v1"),
+            RemoteEvent("leave-1", new, "id-1", payload, "v1")]  # fmt: skip
+    assert [e.calendar for e in fold_aliases(seen, {("leave-1", new)})] == [new]
+    # Two copies (another version) are two events: drift judges each.
+    copies = [seen[0], RemoteEvent("leave-1", new, "id-1", payload, "v2")]
+    assert fold_aliases(copies, {("leave-1", new)}) == copies
+    # A deleted event (Google lists cancelled ones, payload None) is not in the calendar.
+    deleted = RemoteEvent("leave-1", old, "id-1", None, "v3")
+    empty = compare_target(
+        pd.DataFrame(columns=["event_key", "calendar", "legal_entity", "partition_date",
+                              "provider_event_id", "version", "leave_id", "payload"]),
+        pd.DataFrame(columns=["event_key", "calendar", "legal_entity", "partition_date",
+                              "fingerprint"]),
+        [deleted], set(), frozenset(), ("title",),
+    )  # fmt: skip
+    assert empty.findings == []
+
+
+def test_report_has_a_section_per_legal_entity_with_its_own_latest_run(home, hr, tmp_path):
+    """A run of US writes the report last; FR's section still shows FR's own latest run."""
+    import re
+
+    from assets.drift import latest_per_entity
+
+    hr.employee(1, email="ann@example.com")
+    hr.employee(2, "US", email="joe@example.com")
+    fr_leave = hr.leave(1, day(0))
+    hr.leave(2, day(1))
+    us_scopes = [scope("US", DAY, day(9))]
+    pipeline = Pipeline(make_config(home, hr.url))
+    pipeline.sync(SCOPES + us_scopes)
+    feeds = Feeds(home)
+    measure_drift(pipeline.plan(SCOPES), pipeline.cfg, pipeline.hr, pipeline.state,
+                  pipeline.settings.provider, "run-fr-1", "repair", False)  # fmt: skip
+    feeds.edit("ann@example.com", f"leave-{fr_leave}", lambda cal, ev: cal.subcomponents.remove(ev))
+    measure_drift(pipeline.plan(SCOPES), pipeline.cfg, pipeline.hr, pipeline.state,
+                  pipeline.settings.provider, "run-fr-2", "report", False)  # fmt: skip
+    us = measure_drift(pipeline.plan(us_scopes), pipeline.cfg, pipeline.hr, pipeline.state,
+                       pipeline.settings.provider, "run-us", "repair", False)  # fmt: skip
+    history = pipeline.state.drift_history()
+
+    per_entity = latest_per_entity(history)
+    page, _ = write_report(tmp_path, history_by_run(history), us.summary(),
+                           us.by_entity_and_date(), us.findings, [],
+                           per_entity=per_entity, run_id="run-us")  # fmt: skip
+
+    assert per_entity[["legal_entity", "run_id", "missing", "repaired"]].to_dict("records") == [
+        {"legal_entity": "FR", "run_id": "run-fr-2", "missing": 1, "repaired": 0},
+        {"legal_entity": "US", "run_id": "run-us", "missing": 0, "repaired": 0},
+    ]
+    found = re.findall(r'<section class="entity" id="([^"]+)">(.*?)</section>',
+                       page.read_text(encoding="utf-8"), re.S)  # fmt: skip
+    sections = {key: " ".join(re.sub(r"<[^>]+>", " ", body).split()) for key, body in found}
+    assert list(sections) == ["entity-FR", "entity-US"]
+    assert "run run-fr-2:" in sections["entity-FR"] and "1 drifted events" in sections["entity-FR"]
+    assert "(this run)" not in sections["entity-FR"]
+    assert "run run-us (this run): 0 drifted events" in sections["entity-US"]

@@ -722,7 +722,8 @@ def test_cli_empty_extract_against_full_snapshot_is_blocked_and_says_why(home, h
     assert main(args) == 1
 
     out = capsys.readouterr().out
-    assert "the HR extract is empty while 3 events are exported" in out
+    # The embedded default targets: each employee's feed and the team feed (3 events each).
+    assert "the HR extract is empty while 6 events are exported" in out
     assert "Nothing was deleted" in out and "--allow-mass-delete" in out
     assert {p.name: p.read_bytes() for p in feeds.glob("*.ics")} == before
     from resources.config import load_config
@@ -731,7 +732,7 @@ def test_cli_empty_extract_against_full_snapshot_is_blocked_and_says_why(home, h
     assert run.status == "blocked"
     assert "calendar_sync" not in materialized(run.run_id)
     safety = check_evaluations(run.run_id)["diff_is_safe"]
-    assert not safety.passed and safety.metadata["deletes"].value == 3
+    assert not safety.passed and safety.metadata["deletes"].value == 6
     assert safety.metadata["by_partition"].value["FR"].startswith("refused: the HR extract")
 
 

@@ -76,6 +76,9 @@ _TEXT = {
     "ErrorServerBusy": "The server cannot service this request right now. Try again later.",
     "ErrorInternalServerError": "An internal server error occurred. The operation failed.",
     "ErrorNonExistentMailbox": "The SMTP address has no mailbox associated with it.",
+    "ErrorNonPrimarySmtpAddress": (
+        "The primary SMTP address must be specified when referencing a mailbox."
+    ),
     "ErrorImpersonateUserDenied": (
         "The account does not have permission to impersonate the requested user."
     ),
@@ -225,6 +228,9 @@ class EwsEmulator:
         overwrite_needs_current_change_key: bool = True,
     ) -> None:
         self.mailboxes: dict[str, dict[str, StoredItem]] = {m.lower(): {} for m in mailboxes}
+        # Proxy (secondary) SMTP address -> the primary address of the mailbox it reaches: a
+        # rename keeps the old address as a proxy by default (email address policies).
+        self.aliases: dict[str, str] = {}
         # None: the ApplicationImpersonation role's scope covers every mailbox.
         self.impersonable = None if impersonable is None else {m.lower() for m in impersonable}
         self.username = username
@@ -311,6 +317,28 @@ class EwsEmulator:
                 for r in self.requests
                 if (not ops or r.op in ops) and (outcome is None or r.outcome == outcome)
             )
+
+    def rename_mailbox(self, old: str, new: str, keep_alias: bool = True) -> None:
+        """The mailbox's primary address becomes ``new``, with its items; the old address
+        stays a proxy address of it (``keep_alias``) or names nothing any more."""
+        old, new = old.lower(), new.lower()
+        with self._lock:
+            items = self.mailboxes.pop(old)
+            for item in items.values():
+                item.mailbox = new
+            self.mailboxes[new] = items
+            for alias, primary in list(self.aliases.items()):
+                if primary == old:
+                    self.aliases[alias] = new
+            if keep_alias:
+                self.aliases[old] = new
+            if self.impersonable is not None and old in self.impersonable:
+                self.impersonable.add(new)  # the scope names the account, whatever its address
+
+    def remove_mailbox(self, address: str) -> None:
+        """The mailbox is deleted (the employee left), and its items with it."""
+        with self._lock:
+            del self.mailboxes[address.lower()]
 
     def add_foreign_item(self, mailbox: str, subject: str, start: str, end: str) -> StoredItem:
         """An event somebody else created in Outlook (no leavesync tag)."""
@@ -431,6 +459,10 @@ class EwsEmulator:
             # "ErrorMissingEmailAddress": a distinguished folder without a mailbox, and the
             # caller (a service account) has none of its own.
             raise ItemError("ErrorMissingEmailAddress")
+        if owner in self.aliases:
+            # ResponseCode: "This error occurs when a caller passes in a non-primary SMTP
+            # address. The response includes the correct SMTP address to use."
+            raise ItemError("ErrorNonPrimarySmtpAddress")
         if owner not in self.mailboxes:
             raise ItemError("ErrorNonExistentMailbox")
         if request.mailbox and owner != request.mailbox:
@@ -1387,6 +1419,15 @@ def _read_header(envelope: etree._Element, emulator: EwsEmulator) -> _Request:
     address = chosen[0].text.strip().lower()
     if _local(chosen[0].tag) in ("PrimarySmtpAddress", "SmtpAddress") and "@" not in address:
         raise SoapFault("ErrorInvalidSmtpAddress")
+    primary = emulator.aliases.get(address)
+    if primary is not None:
+        # ConnectingSID: SmtpAddress is "the SMTP address of the account" (any proxy address,
+        # resolved through Active Directory); PrimarySmtpAddress must be the primary one, else
+        # ErrorNonPrimarySmtpAddress naming it (ResponseCode: "The response includes the
+        # correct SMTP address to use").
+        if _local(chosen[0].tag) == "PrimarySmtpAddress":
+            raise SoapFault("ErrorNonPrimarySmtpAddress", value=("Primary", primary))
+        address = primary
     if address not in emulator.mailboxes:
         raise SoapFault("ErrorNonExistentMailbox", value=("SmtpAddress", address))
     if emulator.impersonable is not None and address not in emulator.impersonable:

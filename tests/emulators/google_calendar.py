@@ -173,6 +173,9 @@ class GoogleCalendarEmulator:
         self.granted_scopes = set(granted_scopes or {SCOPE_EVENTS})
         self.api_enabled = True
         self.calendars: dict[str, dict[str, dict[str, Any]]] = {u: {} for u in self.users}
+        # Secondary calendars (a team's shared calendar): id -> user -> "reader" | "writer",
+        # their access control list; their events live in ``calendars`` under their id.
+        self.shared: dict[str, dict[str, str]] = {}
         self.tokens: dict[str, tuple[str, frozenset[str]]] = {}
         self.stats: Counter[str] = Counter()
         self.lock = threading.RLock()
@@ -242,8 +245,38 @@ class GoogleCalendarEmulator:
                 _Bucket(project_per_minute, project_burst) if project_per_minute else None
             )
 
+    def rename_user(self, old: str, new: str, keep_alias: bool = True) -> None:
+        """The user's primary address becomes ``new``, calendar and tokens with it (a token
+        is the account's, not the address's); the old address stays an alias
+        (``keep_alias``, Google's default on a rename) or names no user."""
+        with self.lock:
+            self.users.discard(old)
+            self.users.add(new)
+            self.calendars[new] = self.calendars.pop(old, {})
+            self.tokens = {
+                t: (new if u == old else u, scopes) for t, (u, scopes) in self.tokens.items()
+            }
+            for alias, user in list(self.aliases.items()):
+                if user == old:
+                    self.aliases[alias] = new
+            if keep_alias:
+                self.aliases[old] = new
+
+    def remove_user(self, user: str) -> None:
+        """The user is deleted: their calendar and their tokens go with them."""
+        with self.lock:
+            self.users.discard(user)
+            self.calendars.pop(user, None)
+            self.tokens = {t: v for t, v in self.tokens.items() if v[0] != user}
+
+    def add_calendar(self, calendar_id: str, acl: dict[str, str]) -> None:
+        """A secondary calendar shared with these users ("reader" or "writer")."""
+        with self.lock:
+            self.shared[calendar_id] = dict(acl)
+            self.calendars.setdefault(calendar_id, {})
+
     def events(self, user: str, include_cancelled: bool = False) -> list[dict[str, Any]]:
-        """A copy of the events in a user's primary calendar."""
+        """A copy of the events in a user's primary calendar (or a secondary one, by id)."""
         with self.lock:
             user = self.aliases.get(user, user)
             return [
@@ -400,7 +433,19 @@ class GoogleCalendarEmulator:
             return api_error(404, "notFound", "Not Found")
         calendar_id = urllib.parse.unquote(match.group(1))
         event_id = urllib.parse.unquote(match.group(2)) if match.group(2) else None
-        if calendar_id != "primary" and self.aliases.get(calendar_id, calendar_id) != user:
+        owner = user
+        if calendar_id in self.shared:
+            # A secondary calendar: only the users it is shared with see it (CalendarList;
+            # Acl roles), and only a writer (or owner) changes its events.
+            role = self.shared[calendar_id].get(user)
+            if role is None:
+                return api_error(404, "notFound", "Not Found")
+            if method != "GET" and role not in ("writer", "owner"):
+                return api_error(
+                    403, "requiredAccessLevel", "You need to have writer access to this calendar."
+                )
+            owner = calendar_id
+        elif calendar_id != "primary" and self.aliases.get(calendar_id, calendar_id) != user:
             return api_error(404, "notFound", "Not Found")
         needed = READ_SCOPES if method == "GET" else WRITE_SCOPES
         if not scopes & needed:
@@ -414,15 +459,19 @@ class GoogleCalendarEmulator:
                 self.stats["writes_without_send_updates_none"] += 1
             if send_updates and send_updates[0] not in SEND_UPDATES:
                 return api_error(400, "invalid", "Invalid value for: sendUpdates")
-        calendar = self.calendars.setdefault(user, {})
+        calendar = self.calendars.setdefault(owner, {})
         try:
             payload = json.loads(body) if body else {}
         except ValueError:
             return api_error(400, "parseError", "Parse Error")
         if method == "POST" and event_id is None:
-            return self._insert(user, calendar, payload, calendar_id)
+            return self._insert(owner, calendar, payload, calendar_id)
         if method == "GET" and event_id is None:
-            return self._list(calendar, query)
+            reply = self._list(calendar, query)
+            if reply.status == 200:  # Events: list gives the caller's access role
+                role = self.shared[calendar_id][user] if calendar_id in self.shared else "owner"
+                reply.body["accessRole"] = role
+            return reply
         if event_id is None:
             return api_error(404, "notFound", "Not Found")
         event = calendar.get(event_id)

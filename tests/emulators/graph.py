@@ -187,6 +187,9 @@ class GraphEmulator:
         # Users that do not exist, and users without an Exchange Online mailbox.
         self.unknown_users: set[str] = set()
         self.no_mailbox: set[str] = set()
+        # A user's other SMTP addresses (proxyAddresses "smtp:"), by address -> the primary
+        # address of the mailbox they reach: a renamed user keeps the old one by default.
+        self.aliases: dict[str, str] = {}
         # Mailboxes outside the application access policy / RBAC scope.
         self.denied_mailboxes: set[str] = set()
         self.token_lifetime = 3599
@@ -239,6 +242,28 @@ class GraphEmulator:
             if key not in self.mailboxes:
                 self.mailboxes[key] = Mailbox(key)
             return self.mailboxes[key]
+
+    def rename_user(self, old: str, new: str, keep_alias: bool = True) -> None:
+        """The user's address becomes ``new``, mailbox and events with it; the old address
+        stays one of their proxy addresses (``keep_alias``) or names no user any more."""
+        old, new = old.lower(), new.lower()
+        with self.lock:
+            box = self.mailboxes.pop(old)
+            box.address = new
+            self.mailboxes[new] = box
+            for alias, primary in list(self.aliases.items()):
+                if primary == old:
+                    self.aliases[alias] = new
+            if keep_alias:
+                self.aliases[old] = new
+            else:
+                self.unknown_users.add(old)
+
+    def remove_mailbox(self, address: str) -> None:
+        """The user left: the mailbox is soft-deleted, its events unreachable."""
+        with self.lock:
+            self.mailboxes.pop(address.lower(), None)
+            self.no_mailbox.add(address.lower())
 
     def events(self, address: str) -> list[dict[str, Any]]:
         """All events of a mailbox, as stored (extended properties included)."""
@@ -543,7 +568,9 @@ class GraphEmulator:
         body: Any,
         claims: dict[str, Any],
     ) -> tuple[int, dict[str, str], Any]:
-        key = address.lower()
+        # An Outlook resource is reached through any SMTP address of its user: a proxy
+        # address reaches the same mailbox as the primary one.
+        key = self.aliases.get(address.lower(), address.lower())
         if key in self.unknown_users:
             raise GraphError(404, "ErrorInvalidUser", f"The requested user '{address}' is invalid.")
         if key in self.no_mailbox:

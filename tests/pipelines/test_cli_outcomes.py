@@ -197,3 +197,16 @@ def test_progress_is_plain_lines_when_output_is_not_a_terminal(home, hr, capsys,
     assert "FR: reconcile" in out
     assert "FR: target feeds: 1/1 changes applied" in out
     assert "\x1b[" not in out  # no terminal control sequences
+
+
+def test_warnings_alone_print_no_empty_quarantine_table(home, hr, capsys):
+    hr.employee(1, "FR", "ann@example.com")
+    hr.leave(1, day(1), end=day(3))
+    hr.leave(1, day(2), end=day(4))  # overlaps the first: a warning, both synced
+    cfg_file = write_config(home, hr={"url": hr.url})
+
+    assert sync(cfg_file) == 0
+
+    out = capsys.readouterr().out
+    assert "warnings (synced):" in out and "overlapping_leaves" in out
+    assert "quarantined rows" not in out and "Empty DataFrame" not in out

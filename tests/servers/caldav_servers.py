@@ -97,10 +97,13 @@ class RadicaleServer:
         users: Iterable[str],
         pki: TestPki | None = None,
         service_read_only: Iterable[str] = (),
+        service_shared: Iterable[str] = (),
     ) -> None:
         self.directory = directory
         self.users = {u: f"pw-{u}" for u in users}
         self.service_read_only = list(service_read_only)
+        # Accounts whose every calendar the service account may write (team calendars).
+        self.service_shared = list(service_shared)
         self.pki = pki
         self.process: _Process | None = None
         self.port = 0
@@ -150,6 +153,7 @@ collection: [^/]+
 permissions: R
 
 {self._read_only_rule()}
+{self._shared_rule()}
 [service-leaves]
 user: {SERVICE_USER}
 collection: [^/]+/leaves
@@ -164,6 +168,15 @@ permissions: rw
         output = self.process.output() if self.process else ""
         server_unavailable(f"Radicale did not start:\n{output}")
         return self
+
+    def _shared_rule(self) -> str:
+        if not self.service_shared:
+            return ""
+        names = "|".join(re.escape(u) for u in self.service_shared)
+        return (
+            f"[service-shared]\nuser: {SERVICE_USER}\ncollection: ({names})/[^/]+\n"
+            "permissions: rw\n"
+        )
 
     def _read_only_rule(self) -> str:
         if not self.service_read_only:

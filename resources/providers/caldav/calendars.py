@@ -24,7 +24,22 @@ class CalendarLocator:
         self._lock = threading.Lock()
 
     def url(self, calendar: str) -> str:
-        """The collection URL for an employee; CalendarFailure if it cannot be found."""
+        """The collection URL for an employee (or a team calendar's own URL); CalendarFailure
+        if it cannot be found."""
+        if calendar.startswith(("https://", "http://")):  # a team's shared calendar
+            if not self.settings.on_server(calendar):
+                raise CalendarFailure(
+                    f"{calendar} is not on the target's server {self.settings.server_root}: "
+                    "its credentials are never sent elsewhere",
+                    whole_calendar=True,
+                )
+            return calendar if calendar.endswith("/") else calendar + "/"
+        if self.settings.server_url:
+            raise CalendarFailure(
+                f"{calendar!r} is not a calendar URL (server_url is set: the target's "
+                "calendars are collection URLs)",
+                whole_calendar=True,
+            )
         if self.settings.calendar_url:
             return self.settings.url_for(calendar)
         with self._lock:

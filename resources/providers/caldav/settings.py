@@ -19,6 +19,8 @@ class CalDavSettings(ProviderSettings):
     calendar_url: str | None = None
     # Or the employee's principal, whose calendar-home-set is searched for ``calendar_name``.
     principal_url: str | None = None
+    # Or, for a team target, only the server: its calendars are collection URLs on it.
+    server_url: str | None = None
     calendar_name: str = "Leaves"
     username: str
     password_env: str = "LEAVESYNC_CALDAV_PASSWORD"
@@ -33,14 +35,17 @@ class CalDavSettings(ProviderSettings):
 
     @model_validator(mode="after")
     def _one_place(self) -> CalDavSettings:
-        template = self.calendar_url or self.principal_url
-        if (self.calendar_url is None) == (self.principal_url is None):
-            raise ValueError("set exactly one of calendar_url and principal_url")
-        assert template is not None
+        given = [u for u in (self.calendar_url, self.principal_url, self.server_url) if u]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of calendar_url and principal_url (or server_url for a team "
+                "target, whose calendars are collection URLs)"
+            )
+        template = given[0]
         parts = urllib.parse.urlsplit(template.replace("{", "").replace("}", ""))
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"{template!r} is not an http(s) URL")
-        if not any(p in template for p in PLACEHOLDERS):
+        if template != self.server_url and not any(p in template for p in PLACEHOLDERS):
             raise ValueError(
                 f"{template!r} names no employee: use one of {', '.join(PLACEHOLDERS)}"
             )
@@ -48,7 +53,13 @@ class CalDavSettings(ProviderSettings):
 
     @property
     def template(self) -> str:
-        return self.calendar_url or self.principal_url or ""
+        return self.calendar_url or self.principal_url or self.server_url or ""
+
+    def on_server(self, url: str) -> bool:
+        """``url`` is on this target's server (same scheme, host and port): our credentials
+        go only there."""
+        mine, theirs = urllib.parse.urlsplit(self.template), urllib.parse.urlsplit(url)
+        return (mine.scheme, mine.netloc.lower()) == (theirs.scheme, theirs.netloc.lower())
 
     def url_for(self, calendar: str) -> str:
         """The template filled in for one employee (an email), path-quoted, ending in '/'."""

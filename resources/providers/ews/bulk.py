@@ -158,6 +158,12 @@ class MailboxWriter:
             results += [ChangeResult(c, ok=False, error=str(error)) for c in pending]
         except MailboxUnavailable as error:
             self.unavailable = str(error)
+            if error.gone and op == "delete":
+                # The address names no mailbox of its own any more (deleted, or renamed with or
+                # without keeping it as a proxy): its events went with it, or are reached by
+                # the primary address, where a create adopts them. The delete is done.
+                log.info("deletes in %s done: %s", self.calendar, error)
+                return results + [ChangeResult(c, ok=True) for c in pending]
             results += [
                 ChangeResult(c, ok=False, permanent=True, error=str(error)) for c in pending
             ]

@@ -24,6 +24,7 @@ from exchangelib.version import Version
 from resources.providers.base import FatalProviderError, secret_from_env
 from resources.providers.ews.errors import (
     MAILBOX_ERRORS,
+    MAILBOX_GONE,
     RETRYABLE,
     GaveUp,
     ItemsPending,
@@ -303,7 +304,8 @@ class EwsConnection:
                     "Exchange release the server runs, or leave it out to ask the server"
                 ) from None
             except MAILBOX_ERRORS as error:
-                raise MailboxUnavailable(mailbox_reason(calendar, error)) from None
+                gone = isinstance(error, MAILBOX_GONE)
+                raise MailboxUnavailable(mailbox_reason(calendar, error), gone) from None
             except ews_errors.RateLimitError as error:
                 raise GaveUp(
                     f"Exchange is throttling: it asked to wait {error.wait:.0f}s, more than "

@@ -37,7 +37,12 @@ MAILBOX_ERRORS = (
     ews_errors.ErrorFolderNotFound,
     ews_errors.ErrorMissingEmailAddress,
     ews_errors.ErrorInvalidSmtpAddress,
+    ews_errors.ErrorNonPrimarySmtpAddress,
 )
+# ... of which these say the address no longer names a mailbox of its own: it names none
+# (renamed without keeping it, deleted), or it is a proxy address of another mailbox (a rename
+# keeps the old address so), which the create halves of a move reach by the primary address.
+MAILBOX_GONE = (ews_errors.ErrorNonExistentMailbox, ews_errors.ErrorNonPrimarySmtpAddress)
 # Per-item answers of a batch.
 ITEM_GONE = (ews_errors.ErrorItemNotFound,)
 # The ChangeKey we sent is not the item's current one (ItemId, ResponseCode pages).
@@ -64,7 +69,14 @@ ITEM_TRANSIENT = (
 
 
 class MailboxUnavailable(Exception):
-    """This calendar cannot be written (no mailbox, impersonation denied): its changes fail."""
+    """This calendar cannot be written (no mailbox, impersonation denied): its changes fail.
+
+    ``gone``: the address names no mailbox of its own any more; a delete there is done.
+    """
+
+    def __init__(self, message: str, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 class GaveUp(Exception):
@@ -114,6 +126,11 @@ def mailbox_reason(calendar: str, error: Exception) -> str:
         return (
             f"no mailbox {calendar} on this Exchange server (ErrorNonExistentMailbox): check the "
             "employee's email in HR, or that the mailbox is on premises and not migrated"
+        )
+    if isinstance(error, ews_errors.ErrorNonPrimarySmtpAddress):
+        return (
+            f"{calendar} is not the primary address of its mailbox (ErrorNonPrimarySmtpAddress): "
+            "set the employee's email in HR to the mailbox's primary SMTP address"
         )
     if isinstance(
         error, ews_errors.ErrorImpersonateUserDenied | ews_errors.ErrorImpersonationDenied
@@ -177,6 +194,11 @@ def impersonation_advice(calendar: str, username: str, error: Exception) -> str:
         )
     if isinstance(error, ews_errors.ErrorNonExistentMailbox):
         return f"no mailbox {calendar} on this Exchange server: use an existing employee mailbox"
+    if isinstance(error, ews_errors.ErrorNonPrimarySmtpAddress):
+        return (
+            f"{calendar} is a secondary (proxy) address of a mailbox (ErrorNonPrimarySmtpAddress): "
+            "use the mailbox's primary SMTP address"
+        )
     if isinstance(error, FatalProviderError):
         return str(error)
     return (

@@ -46,6 +46,7 @@ class EwsCalendarProvider(CalendarProvider):
         "description",
         "categories",
     )
+    addresses_may_alias = True
 
     def __init__(self, target_name: str, settings: ProviderSettings) -> None:
         super().__init__(target_name, settings)

@@ -120,6 +120,7 @@ class Batcher:
             return self._service
 
     def user_limiter(self, user: str) -> RateLimiter:
+        user = self.settings.subject_for(user)  # quotas are per user whose token is used
         with self._lock:
             limiter = self._user_limiters.get(user)
             if limiter is None:

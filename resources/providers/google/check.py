@@ -17,9 +17,10 @@ from resources.providers.google.settings import (
 from resources.providers.google.signin import UserFailed, certificate_failure
 
 
-def check(batcher: Batcher, target: str, user: str) -> CheckReport:
+def check(batcher: Batcher, target: str, calendar: str) -> CheckReport:
     """Each step with what passed and what to fix; changes nothing."""
     settings, signin = batcher.settings, batcher.signin
+    user, calendar_id = settings.subject_for(calendar), settings.calendar_id_for(calendar)
     report = CheckReport(target)
     try:
         base = signin.base()
@@ -54,17 +55,21 @@ def check(batcher: Batcher, target: str, user: str) -> CheckReport:
         return report
     report.add(f"domain-wide delegation (token for {user})", True, ", ".join(settings.scopes))
     today = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    step = f"read calendar of {user}"
+    step = f"read calendar of {user}" if not settings.write_as else f"read calendar {calendar_id}"
     try:
         batcher.user_limiter(user).acquire()
         batcher.project_limiter.acquire()
-        batcher.events().list(
-            calendarId=settings.calendar_id,
-            timeMin=today.isoformat(),
-            timeMax=(today + dt.timedelta(days=1)).isoformat(),
-            privateExtendedProperty=f"{TAG_PROPERTY}={TAG_VALUE}",
-            maxResults=1,
-        ).execute(http=authed)
+        listed = (
+            batcher.events()
+            .list(
+                calendarId=calendar_id,
+                timeMin=today.isoformat(),
+                timeMax=(today + dt.timedelta(days=1)).isoformat(),
+                privateExtendedProperty=f"{TAG_PROPERTY}={TAG_VALUE}",
+                maxResults=1,
+            )
+            .execute(http=authed)
+        )
     except HttpError as exc:
         error = api_error(exc)
         if error.reason in ("accessNotConfigured", "SERVICE_DISABLED"):
@@ -75,7 +80,9 @@ def check(batcher: Batcher, target: str, user: str) -> CheckReport:
         elif error.reason in ("insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"):
             detail = f"the delegated scopes do not allow reading events: grant {SCOPE_EVENTS}"
         elif error.status == 404:
-            detail = f"calendar {settings.calendar_id!r} of {user} not found"
+            detail = f"calendar {calendar_id!r} of {user} not found"
+            if settings.write_as:
+                detail += f": share it with {user} (Make changes to events)"
         else:
             detail = error.text
         report.add(step, False, detail)
@@ -89,5 +96,14 @@ def check(batcher: Batcher, target: str, user: str) -> CheckReport:
         )
         report.add(step, False, detail)
         return report
-    report.add(step, True, f"calendar {settings.calendar_id!r}")
+    report.add(step, True, f"calendar {calendar_id!r}")
+    # Events: list says the caller's access role on the calendar: writing needs writer/owner.
+    role = str(listed.get("accessRole") or "")
+    if role:
+        report.add(
+            f"write access to {calendar_id}",
+            role in ("writer", "owner"),
+            f"{user} is {role}"
+            + ("" if role in ("writer", "owner") else ": share it with Make changes to events"),
+        )
     return report

@@ -90,14 +90,20 @@ def look_up(
                 continue
             if query.user not in authorised:
                 try:
-                    authorised[query.user] = batcher.signin.authorize(query.user)
+                    subject = settings.subject_for(query.user)
+                    authorised[query.user] = batcher.signin.authorize(subject)
                 except UserFailed as exc:
                     fail(query.user, str(exc), True)
                     continue
             calls.append((query, _list_call(batcher, query, authorised[query.user])))
         if not calls:
             continue
-        outcomes = batcher.send([(q.user, call) for q, call in calls], batcher.signin.http())
+        try:
+            outcomes = batcher.send([(q.user, call) for q, call in calls], batcher.signin.http())
+        except UserFailed as exc:  # one user's cached token refused, its refresh too
+            for query, _ in calls:
+                fail(query.user, str(exc), True)
+            continue
         for (query, _), outcome in zip(calls, outcomes, strict=True):
             if outcome.error is None and not outcome.lost:
                 page = outcome.response or {}
@@ -117,7 +123,10 @@ def look_up(
                 retry = error.retryable or error.usage_limit
                 pause = settings.usage_limit_pause_seconds if error.usage_limit else 0.0
                 if error.status == 404:
-                    problem = f"calendar {settings.calendar_id!r} of {query.user} not found"
+                    problem = (
+                        f"calendar {settings.calendar_id_for(query.user)!r} of "
+                        f"{settings.subject_for(query.user)} not found"
+                    )
             if not retry:
                 fail(query.user, f"look-up of our events failed: {problem}", True)
             elif query.attempts >= settings.max_attempts:
@@ -137,7 +146,7 @@ def _list_call(batcher: Batcher, query: _Query, authorised: Any) -> Any:
         f"{KEY_PROPERTY}={query.key}" if query.key is not None else f"{TAG_PROPERTY}={TAG_VALUE}"
     )
     call = batcher.events().list(
-        calendarId=batcher.settings.calendar_id,
+        calendarId=batcher.settings.calendar_id_for(query.user),
         privateExtendedProperty=constraint,
         showDeleted=True,
         maxResults=PAGE_SIZE,

@@ -41,6 +41,7 @@ class GoogleCalendarProvider(CalendarProvider):
         "private",
         "description",
     )
+    addresses_may_alias = True
 
     def __init__(self, target_name: str, settings: ProviderSettings) -> None:
         super().__init__(target_name, settings)

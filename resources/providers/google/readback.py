@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from google.auth import exceptions as auth_exceptions
 from googleapiclient.errors import HttpError
 
 from resources.providers.base import EventPayload, RemoteEvent
@@ -28,30 +29,46 @@ def read_back(
     time_max = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC)
     for user in calendars:
         try:
-            authed = batcher.signin.authorize(user)
+            authed = batcher.signin.authorize(batcher.settings.subject_for(user))
         except UserFailed as exc:
             log.warning("read-back skipped %s: %s", user, exc)
             continue
-        page_token = None
-        while True:
-            call = batcher.events().list(
-                calendarId=batcher.settings.calendar_id,
-                privateExtendedProperty=f"{TAG_PROPERTY}={TAG_VALUE}",
-                showDeleted=True,
-                singleEvents=True,
-                timeMin=time_min.isoformat(),
-                timeMax=time_max.isoformat(),
-                maxResults=2500,
-                pageToken=page_token,
-            )
-            page = _execute(batcher, user, call, authed)
-            for event in page.get("items", []):
-                remote = _remote(user, event, start, end)
-                if remote is not None:
-                    yield remote
-            page_token = page.get("nextPageToken")
-            if not page_token:
-                break
+        try:
+            yield from _list_user(batcher, user, authed, time_min, time_max, start, end)
+        except UserFailed as exc:
+            log.warning("read-back skipped %s: %s", user, exc)
+
+
+def _list_user(
+    batcher: Batcher,
+    user: str,
+    authed: Any,
+    time_min: dt.datetime,
+    time_max: dt.datetime,
+    start: dt.date,
+    end: dt.date,
+) -> Iterator[RemoteEvent]:
+    """One user's pages of our events (a refused token raises UserFailed)."""
+    page_token = None
+    while True:
+        call = batcher.events().list(
+            calendarId=batcher.settings.calendar_id_for(user),
+            privateExtendedProperty=f"{TAG_PROPERTY}={TAG_VALUE}",
+            showDeleted=True,
+            singleEvents=True,
+            timeMin=time_min.isoformat(),
+            timeMax=time_max.isoformat(),
+            maxResults=2500,
+            pageToken=page_token,
+        )
+        page = _execute(batcher, user, call, authed)
+        for event in page.get("items", []):
+            remote = _remote(user, event, start, end)
+            if remote is not None:
+                yield remote
+        page_token = page.get("nextPageToken")
+        if not page_token:
+            break
 
 
 def _remote(user: str, event: dict[str, Any], start: dt.date, end: dt.date) -> RemoteEvent | None:
@@ -73,6 +90,12 @@ def _execute(batcher: Batcher, user: str, call: Any, authed: Any) -> dict[str, A
         batcher.project_limiter.acquire()
         try:
             return call.execute(http=authed)
+        except auth_exceptions.RefreshError as exc:
+            # A cached token refused (the user deleted since): UserFailed if it names the user.
+            batcher.signin.raise_for_token_error(batcher.settings.subject_for(user), exc)
+            if attempt >= settings.max_attempts:
+                raise UserFailed(f"no token for {user}: {exc}") from None
+            time.sleep(backoff.delay(attempt))
         except HttpError as exc:
             error = api_error(exc)
             batcher.raise_if_fatal(error)

@@ -47,3 +47,14 @@ class Settings(ProviderSettings):
     usage_limit_pause_seconds: float = Field(60.0, ge=0)
     timeout_seconds: float = Field(60.0, gt=0)
     sample_user: str | None = None
+    # A team target: every calendar is a calendar id (a shared, secondary calendar) written
+    # as this user, who must have "Make changes to events" on each.
+    write_as: str | None = None
+
+    def subject_for(self, calendar: str) -> str:
+        """The user whose delegated token writes ``calendar``."""
+        return self.write_as or calendar
+
+    def calendar_id_for(self, calendar: str) -> str:
+        """The Calendar API's calendarId for ``calendar``."""
+        return calendar if self.write_as else self.calendar_id

@@ -102,7 +102,7 @@ class UserWrites:
 
     def wants_ooo(self, change: EventChange) -> bool:
         return change.event is not None and wants_out_of_office(
-            change.event, self.settings.out_of_office, self.settings.calendar_id
+            change.event, self.settings.out_of_office, self.settings.calendar_id_for(self.user)
         )
 
     def start(self, change: EventChange, found: list[dict[str, Any]] | None) -> Step:
@@ -147,20 +147,26 @@ class UserWrites:
                 slots.add(item.slot)
             pending.extendleft(reversed(deferred))
             try:
-                authorised = self.batcher.signin.authorize(self.user)
+                authorised = self.batcher.signin.authorize(self.settings.subject_for(self.user))
+                calls = [(self.user, self._call(item, authorised)) for item in batch]
+                # A token still cached when the user was deleted is refused here, and its
+                # refresh names the user unknown.
+                outcomes = self.batcher.send(calls, authorised)
             except UserFailed as exc:
                 for item in [*batch, *pending]:
                     if item.copy:
                         continue
-                    if exc.unknown_user and item.change.op == "delete":
+                    if (
+                        exc.unknown_user
+                        and item.change.op == "delete"
+                        and not self.settings.write_as
+                    ):
                         # The mailbox is gone, and our event with it (an address that
                         # changed and was not kept as an alias): the delete is done.
                         self.emit(self._ok(item, item.event_id))
                     else:
                         self.emit(ChangeResult(item.change, False, error=str(exc), permanent=True))
                 return
-            calls = [(self.user, self._call(item, authorised)) for item in batch]
-            outcomes = self.batcher.send(calls, authorised)
             again: list[Item] = []
             wait = 0.0
             for item, outcome in zip(batch, outcomes, strict=True):
@@ -196,7 +202,7 @@ class UserWrites:
 
     def _call(self, item: Item, authorised: Any) -> Any:
         events = self.batcher.events()
-        calendar = self.settings.calendar_id
+        calendar = self.settings.calendar_id_for(self.user)
         if item.mode == "delete":
             call = events.delete(calendarId=calendar, eventId=item.event_id, sendUpdates="none")
         elif item.mode == "get":

@@ -50,6 +50,9 @@ MAILBOX_ERRORS = {
     "ResourceNotFound",
     "ErrorNonExistentMailbox",
 }
+# ... of which these say the user or their mailbox no longer exists (renamed without keeping the
+# old address, left, unlicensed): an event there went with it, so its delete is done.
+MAILBOX_GONE = {"ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "ErrorNonExistentMailbox"}
 DENIED_ERRORS = {"ErrorAccessDenied", "Authorization_RequestDenied", "AccessDenied"}
 # A mailbox with this many keys to look up lists our events instead of asking per key.
 LIST_FROM_KEYS = 3
@@ -342,8 +345,13 @@ class Run:
             self._reauthenticate(reply, token)
             retry.append((work, reply, False))
             return
+        if work.kind == "delete" and reply.code in MAILBOX_GONE:
+            log.info("delete in %s done: %s", work.mailbox, reply.describe())
+            self._step_done(work, ok=True, event_id=work.event_id)
+            return
         if reply.code in MAILBOX_ERRORS or (status == 404 and work.kind in ("create", "lookup")):
-            self._fail_mailbox(work, self.p.explain_mailbox_error(work.mailbox, reply))
+            gone = reply.code in MAILBOX_GONE
+            self._fail_mailbox(work, self.p.explain_mailbox_error(work.mailbox, reply), gone)
             return
         if status == 403 or reply.code in DENIED_ERRORS:
             self.denied.add(work.mailbox)
@@ -492,11 +500,15 @@ class Run:
             return
         self._finish(task, ChangeResult(task.change, False, error=reason, permanent=permanent))
 
-    def _fail_mailbox(self, work: Work, reason: str) -> None:
-        # The rest of this mailbox's requests would fail the same way: fail them at once.
+    def _fail_mailbox(self, work: Work, reason: str, gone: bool = False) -> None:
+        # The rest of this mailbox's requests would fail the same way: fail them at once
+        # (a delete in a mailbox that no longer exists is done).
         self._fail_work(work, reason)
         for other in self.scheduler.remove_mailbox(work.mailbox):
-            self._fail_work(other, reason)
+            if gone and other.kind == "delete":
+                self._step_done(other, ok=True, event_id=other.event_id)
+            else:
+                self._fail_work(other, reason)
 
     def _requeue(self, retry: list[tuple[Work, Reply | None, bool]], now: float) -> None:
         # Sub-requests throttled together wait for the longest Retry-After among them.

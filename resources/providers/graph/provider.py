@@ -29,6 +29,7 @@ class GraphCalendarProvider(CalendarProvider):
     Settings = GraphSettings
     # Graph has no event status: a pending leave shows as tentative instead.
     compared_fields = tuple(f for f in FINGERPRINT_FIELDS if f != "status")
+    addresses_may_alias = True
 
     def __init__(self, target_name: str, settings: GraphSettings) -> None:
         super().__init__(target_name, settings)

@@ -705,7 +705,8 @@ def test_unknown_mailbox_fails_its_events_only(
     assert outcome["leave-2"].ok
     assert not outcome["leave-1"].ok and outcome["leave-1"].permanent
     assert "ErrorNonExistentMailbox" in outcome["leave-1"].error
-    assert not outcome["leave-9"].ok and outcome["leave-9"].permanent
+    # No mailbox, no event: a delete there is done (the old address after a rename, #21).
+    assert outcome["leave-9"].ok and not outcome["leave-9"].error
 
 
 def test_bad_password_is_fatal_and_not_retried(
@@ -851,6 +852,10 @@ def test_check_reports_what_to_fix(
 
     unknown = make_provider().check(GHOST)
     assert not unknown.ok and "no mailbox" in unknown.render()
+
+    emulator.rename_mailbox(CAROL, "carol.new@example.com")
+    proxy = make_provider().check(CAROL)
+    assert not proxy.ok and "use the mailbox's primary SMTP address" in proxy.render()
 
     wrong_url = make_provider(ews_url=emulator.url.rsplit(":", 1)[0] + ":1/EWS/Exchange.asmx")
     assert "cannot reach" in wrong_url.check(ALICE).render()
@@ -1331,6 +1336,55 @@ def test_emulator_refuses_what_exchange_refuses(
     status, codes, _ = soap(emulator, operation, **options)
     assert codes == [expected]
     assert status == (500 if expected.startswith("fault:") else 200)
+
+
+def test_emulator_a_renamed_mailbox_keeps_its_old_address_as_a_proxy(
+    emulator: EwsEmulator,
+) -> None:
+    _, _, root = soap(emulator, create_xml(calendar_item_xml()))
+    item_id = next(root.iter(f"{{{T_NS}}}ItemId")).get("Id")
+    get = f'<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{item_id}"/></m:ItemIds></m:GetItem>'
+    new = "alice.martin@example.com"
+    emulator.rename_mailbox(ALICE, new)
+    # ConnectingSID PrimarySmtpAddress must be the primary one: the fault names it
+    # (ResponseCode, ErrorNonPrimarySmtpAddress: "The response includes the correct SMTP
+    # address to use").
+    status, codes, root = soap(emulator, get)
+    assert (status, codes) == (500, ["fault:ErrorNonPrimarySmtpAddress"])
+    assert root.findtext(f".//{{{T_NS}}}Value[@Name='Primary']") == new
+    # SmtpAddress is any address of the account: the same mailbox, the same item id.
+    proxy = f"<t:SmtpAddress>{ALICE}</t:SmtpAddress>"
+    assert soap(emulator, get, sid=proxy)[1] == ["NoError"]
+    assert soap(emulator, get, mailbox=new)[1] == ["NoError"]
+    # A folder that names the mailbox by its old address (strictest reading: primary only).
+    assert soap(emulator, find_xml(), sid=proxy)[1] == ["ErrorNonPrimarySmtpAddress"]
+    # Renamed without keeping the old address, or deleted: nothing answers to it.
+    emulator.rename_mailbox(new, "alice.b@example.com", keep_alias=False)
+    assert soap(emulator, get, mailbox=new)[1] == ["fault:ErrorNonExistentMailbox"]
+    emulator.remove_mailbox("alice.b@example.com")
+    assert soap(emulator, get, mailbox="alice.b@example.com")[1] == [
+        "fault:ErrorNonExistentMailbox"
+    ]
+
+
+def test_deletes_at_an_address_that_lost_its_mailbox_are_done_and_creates_adopt(
+    emulator: EwsEmulator, make_provider: Callable[..., EwsCalendarProvider]
+) -> None:
+    provider = make_provider()
+    event = all_day("leave-1", "2024-05-06", "2024-05-07")
+    [made] = provider.apply([create(ALICE, event)])
+    new = "alice.martin@example.com"
+    emulator.rename_mailbox(ALICE, new)  # the old address is now a proxy of the same mailbox
+    gone = EventChange("delete", "leave-1", ALICE, provider_event_id=made.provider_event_id)
+    [deleted] = provider.apply([gone])
+    assert deleted.ok and not deleted.error
+    assert emulator.count("DeleteItem", outcome="ok") == 0  # the create below adopts it
+    [moved] = provider.apply([create(new, event)])
+    assert moved.ok and moved.adopted
+    assert len(by_key(emulator, new)["leave-1"]) == 1
+    # A create at the proxy address fails, naming the fix.
+    [refused] = provider.apply([create(ALICE, all_day("leave-2", "2024-05-07", "2024-05-08"))])
+    assert not refused.ok and refused.permanent and "primary SMTP address" in refused.error
 
 
 def test_emulator_accepts_a_well_formed_request_per_operation(emulator: EwsEmulator) -> None:

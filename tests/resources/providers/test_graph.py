@@ -720,6 +720,46 @@ def test_unknown_user_and_mailbox_without_exchange_fail_alone(
     assert all(results[f"leave-{i}"].ok for i in (5, 6, 7))
 
 
+def test_emulator_an_alias_reaches_the_renamed_users_mailbox(emu: GraphEmulator) -> None:
+    raw = Raw(emu)
+    made = raw.call("POST", "/users/ana@contoso.com/events", event_json())
+    assert made.status_code == 201, made.text
+    event_id = made.json()["id"]
+    emu.rename_user("ana@contoso.com", "ana.lima@contoso.com")
+    # Both addresses reach the one mailbox: the same event, by the same id.
+    for address in ("ana@contoso.com", "ana.lima@contoso.com"):
+        assert raw.call("GET", f"/users/{address}/events/{event_id}").status_code == 200
+    emu.rename_user("ana.lima@contoso.com", "ana.b@contoso.com", keep_alias=False)
+    gone = raw.call("GET", f"/users/ana.lima@contoso.com/events/{event_id}")
+    assert (gone.status_code, gone.json()["error"]["code"]) == (404, "ErrorInvalidUser")
+    assert raw.call("GET", f"/users/ana@contoso.com/events/{event_id}").status_code == 200
+    emu.remove_mailbox("ana.b@contoso.com")
+    left = raw.call("DELETE", f"/users/ana.b@contoso.com/events/{event_id}")
+    assert (left.status_code, left.json()["error"]["code"]) == (404, "MailboxNotEnabledForRESTAPI")
+
+
+@pytest.mark.parametrize("how", ["alias", "renamed", "deleted"])
+def test_a_delete_where_the_address_changed_is_done_and_the_create_lands_once(
+    emu: GraphEmulator, provider: GraphCalendarProvider, how: str
+) -> None:
+    old, new = "ana@contoso.com", "ana.lima@contoso.com"
+    [made] = provider.apply([create(1, old)])
+    if how == "deleted":
+        emu.remove_mailbox(old)
+    else:
+        emu.rename_user(old, new, keep_alias=how == "alias")
+    # The move's delete half, then a create in the new mailbox beside it in the same calls
+    # as another mailbox's changes (they go on whatever this one answers).
+    gone = EventChange("delete", "leave-1", old, provider_event_id=made.provider_event_id)
+    results = provider.apply([gone, create(2, old), create(3, "bo@contoso.com")])
+    by_key = {r.change.event_key: r for r in results}
+    assert by_key["leave-1"].ok and by_key["leave-3"].ok
+    assert by_key["leave-2"].ok == (how == "alias")  # the alias still reaches a mailbox
+    [moved] = provider.apply([create(1, new)])
+    assert moved.ok and moved.adopted == (how == "renamed")
+    assert len(ours(emu, new)["leave-1"]) == 1
+
+
 def test_mailbox_outside_the_access_policy_fails_alone(
     emu: GraphEmulator, provider: GraphCalendarProvider
 ) -> None:
