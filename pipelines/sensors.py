@@ -52,7 +52,6 @@ def build_entity_sensor(hr: HRDatabase, running: bool = True):
 
 
 # --- hr_changes: HR changes reach the calendars within a poll and a run ----------------------
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 NOT_STARTED = (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING)
 
 
@@ -144,7 +143,8 @@ def build_hr_changes_sensor(cfg: AppConfig, hr: HRDatabase, state: StateStore):
         for run in runs:
             scope = ", ".join(run.dates) if run.dates else f"{run.date_from}..{run.date_to}"
             context.log.info(f"{run.entity_key}: run over {scope} for {run.why}")
-            requests.append(RunRequest(tags=run.tags(window), run_config=IN_PROCESS))
+            # The jobs' executor runs in process already (pipelines/definitions.py).
+            requests.append(RunRequest(tags=run.tags(window)))
         return SensorResult(
             run_requests=requests,
             skip_reason=None if requests else "changes wait: " + "; ".join(waiting.values()),

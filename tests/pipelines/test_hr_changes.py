@@ -60,10 +60,13 @@ class Sensor:
         return sorted(result.run_requests or [], key=lambda r: r.tags[_START])
 
     def execute(self, request) -> bool:
-        """Run a request's job in this process, as the daemon's run would, with its tags."""
+        """Run a request's job in this process, as the daemon's run would: its config, tags."""
         job = self.defs.resolve_job_def("reconcile")
         return job.execute_in_process(
-            instance=self.instance, tags=request.tags, raise_on_error=False
+            run_config=request.run_config,
+            instance=self.instance,
+            tags=request.tags,
+            raise_on_error=False,
         ).success
 
 
