@@ -104,7 +104,9 @@ class World:
             **os.environ,
             "LEAVESYNC_HOME": str(self.dir / "home"),
             "DAGSTER_HOME": str(self.dir / "dagster"),
-            "PYTHONPATH": str(REPO),
+            # Ours first; a PYTHONPATH given to the script follows (a hook that plants a bug,
+            # to see the trials catch it).
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
         for target in self.targets.values():
             self.env.update(target.env())
@@ -430,7 +432,8 @@ def fault_trials(kinds: list[str], root: Path, events: int, seed: int, log) -> d
                 "world": "+".join(kinds),
                 "events": events,
                 "changes": events + n,
-                "faults_injected": w.targets[k].faults_injected(),
+                # A feed is a local file: there is no request to fault.
+                "faults_injected": "n/a" if k == "ics" else w.targets[k].faults_injected(),
                 "failed_runs": sum(1 for _, r in runs if r["rc"] != 0),
                 "failed_changes": sum(r["summary"].get("failed", 0) for _, r in runs),
                 **{f: got[f] for f in ("duplicates", "lost", "stale", "extra")},
@@ -569,7 +572,9 @@ def _after(r: dict) -> int:
     return a["duplicates"] + a["lost"] + a["stale"] + a["extra"]
 
 
-def goals_table(results: dict[str, dict], min_trials: int) -> tuple[str, list[str]]:
+def goals_table(
+    results: dict[str, dict], min_trials: int, markdown: bool = False
+) -> tuple[str, list[str]]:
     kinds = [k for k in KINDS if k in results]
     rows, misses = [], []
     for label, get, goal, text in GOALS:
@@ -589,6 +594,9 @@ def goals_table(results: dict[str, dict], min_trials: int) -> tuple[str, list[st
             cells.append(f"{value}{'' if ok else ' ✗'}")
         rows.append([label, text.replace("N", str(min_trials)), *cells])
     header = ["figure", "goal", *kinds]
+    if markdown:
+        lines = [header, ["---"] * len(header), *rows]
+        return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in lines), misses
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     line = lambda cells: " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     out = [line(header), "-+-".join("-" * w for w in widths), *map(line, rows)]
@@ -604,7 +612,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=20261129)
     p.add_argument("--work", type=Path, default=None, help="working folder (default: temporary)")
     p.add_argument("--out", type=Path, default=None, help=f"results file (default {RESULTS})")
+    p.add_argument(
+        "--markdown", action="store_true", help="print the saved results' table as Markdown"
+    )
     args = p.parse_args(argv)
+    if args.markdown:
+        saved = json.loads((args.out or RESULTS).read_text())
+        trials = min(r["trials"] for r in saved["runs"].values())
+        print(goals_table(saved["targets"], trials, markdown=True)[0])
+        for kinds, run in saved["runs"].items():
+            print(f"\n{kinds}: {run['date']}, {run['machine']}, {run['seconds']} s")
+        return 0
     trials = args.trials or (3 if args.smoke else 20)
     events = args.events or (50 if args.smoke else 500)
     kinds = [k for k in args.targets.split(",") if k]
@@ -664,6 +682,9 @@ def _save(out_file: Path, results: dict, kinds: list[str], trials: int, events: 
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f} at the end",
         "python": platform.python_version(),
+        "commit": subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
         "trials": trials,
         "events": events,
         "seconds": round(time.monotonic() - started, 1),

@@ -397,10 +397,14 @@ def _execute(
     for mat in result.get_asset_materialization_events():
         name = mat.asset_key.to_user_string()
         meta = mat.materialization.metadata
-        if name == HR_LEAVES and "rows" in meta:
-            run.extracted = int(meta["rows"].value)
-        if name == sync.CALENDAR_SYNC and run.summary is None and "summary" in meta:
-            run.summary = pd.DataFrame(meta["summary"].value)
+        if name == HR_LEAVES and "run_rows" in meta:
+            run.extracted = int(meta["run_rows"].value)
+    try:
+        # calendar_sync's value: its per-entity summary (its materializations are per partition).
+        summary = result.output_for_node(sync.CALENDAR_SYNC)
+        run.summary = summary if isinstance(summary, pd.DataFrame) else None
+    except Exception:  # noqa: BLE001 - not applied (blocked, failed, or a plan-only run)
+        pass
     for ev in result.all_events:
         if not (ev.is_failure and ev.event_specific_data is not None):
             continue
