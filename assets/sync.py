@@ -99,6 +99,7 @@ def _delete_halves(frame: pd.DataFrame) -> list[EventChange]:
             calendar=row.from_calendar if row.op == "move" else row.calendar,
             provider_event_id=_opt(row.provider_event_id),
             version=_opt(row.version),
+            moving_to=row.calendar if row.op == "move" else None,
         )
         for row in frame.itertuples(index=False)
     ]
