@@ -12,7 +12,7 @@ export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 export GX_ANALYTICS_ENABLED ?= false
 UI_PORT ?= 3000
 
-.PHONY: install demo sync test ui ui-check lint format bench bench-smoke bench-cli bench-providers chaos chaos-smoke services clean
+.PHONY: install demo sync test ui ui-check lint format bench bench-smoke bench-cli bench-providers bench-latency chaos chaos-smoke services clean
 
 install: $(VENV)/.installed
 
@@ -66,6 +66,11 @@ bench-providers: install  ## Google, Graph and EWS against their emulators, CalD
 	$(BIN)/python -m bench.graph_bench
 	$(BIN)/python -m bench.ews_bench
 	$(BIN)/python -m bench.caldav_bench
+
+bench-latency: install services  ## HR change -> calendar under dagster dev (SQLite + ics, PostgreSQL + ics + Google); a sensor poll at 1M leaves
+	$(BIN)/python -m bench.latency $(LATENCY_ARGS)
+	$(BIN)/python -m bench.latency --instance postgres --google $(LATENCY_ARGS)
+	$(BIN)/python -m bench.sensor_poll
 
 chaos: install  ## kill -9, faults and lost state on every target, against emulators (CHAOS_ARGS="--trials 20")
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)

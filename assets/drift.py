@@ -19,10 +19,12 @@ from dagster import (
     asset,
 )
 
+from assets.catalog import DRIFT_GROUP, OWNERS
 from assets.diff import CHANGE_COLUMNS, Diff
 from assets.drift_report import write_report
 from assets.leave_diff import ALLOW_MASS_DELETE_TAG, LEAVE_DIFF, LeaveDiff, snapshot_in_scope
 from assets.links import report_link
+from assets.partition_report import PartitionIndex
 from assets.render import EVENT_COLUMNS, configured_calendars, served_by
 from assets.sync import CALENDAR_SYNC, apply_diff
 from assets.tables import markdown_table
@@ -39,6 +41,7 @@ from resources.providers.base import (
     changed_fields,
     leave_id_of,
 )
+from resources.scope import month_start, window_today
 from resources.settings import LeavesyncSettings
 from resources.state import StateStore
 
@@ -317,6 +320,17 @@ def history_by_run(history: pd.DataFrame) -> pd.DataFrame:
     return counts.astype(int).reset_index().rename_axis(None, axis=1).sort_values("at")
 
 
+def drift_by_partition(index: PartitionIndex, findings: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per partition key of the run: each kind of drift found there, and how many repaired."""
+    counts = {kind: index.count(findings[findings["kind"] == kind], "legal_entity", "date")
+              for kind in KINDS}  # fmt: skip
+    repaired = index.count(findings[findings["repaired"].astype(bool)], "legal_entity", "date")
+    return {
+        key: {**{kind: int(counts[kind][key]) for kind in KINDS}, "repaired": int(repaired[key])}
+        for key in index.keys
+    }
+
+
 def latest_per_entity(history: pd.DataFrame) -> pd.DataFrame:
     """Each legal entity's latest drift run, one row per target: at, run_id, kinds, repaired.
 
@@ -585,7 +599,9 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
         name=SYNC_DRIFT,
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
-        group_name="leavesync",
+        group_name=DRIFT_GROUP,
+        owners=OWNERS,
+        kinds={"python", "pandas", "matplotlib"},
         ins={"plan": AssetIn(LEAVE_DIFF)},
         deps=[CALENDAR_SYNC],
         description=(
@@ -638,6 +654,14 @@ def build_sync_drift(partitions_def) -> AssetsDefinition:
             )
         if report.errors:
             raise Failure(description="\n".join(report.errors), metadata={"report": str(html)})
+        index = PartitionIndex(
+            context.partition_keys, month_start(window_today(cfg.window.timezone))
+        )
+        for key, figures in drift_by_partition(index, report.findings).items():
+            month, entity = key.split("|", 1)
+            context.add_asset_metadata(
+                {"legal_entity": entity, "month": month[:7], **figures}, partition_key=key
+            )
         return MaterializeResult(
             metadata={
                 "drift": MetadataValue.md(markdown_table(report.by_entity_and_date())),

@@ -10,8 +10,10 @@ from dagster import (
     asset,
 )
 
+from assets.catalog import HR_GROUP, OWNERS
+from assets.partition_report import PartitionIndex
 from resources.hr import HRDatabase
-from resources.scope import run_scopes
+from resources.scope import month_start, run_scopes, window_today
 from resources.settings import LeavesyncSettings
 
 HR_LEAVES = "hr_leaves"
@@ -34,7 +36,9 @@ def build_hr_leaves(partitions_def) -> AssetsDefinition:
         name=HR_LEAVES,
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
-        group_name="leavesync",
+        group_name=HR_GROUP,
+        owners=OWNERS,
+        kinds={"sql", "pandas"},
         description="Leaves of the run's legal entities and dates, one canonical row per leave.",
     )
     def hr_leaves(
@@ -47,12 +51,24 @@ def build_hr_leaves(partitions_def) -> AssetsDefinition:
         by_status = (
             leaves["status"].fillna("(null)").value_counts().to_dict() if len(leaves) else {}
         )
+        cfg = settings.app()
+        index = PartitionIndex(
+            context.partition_keys, month_start(window_today(cfg.window.timezone))
+        )
+        per_partition = index.count(leaves, PARTITION_COLUMN, "start_date")
+        for key in index.keys:
+            month, entity = key.split("|", 1)
+            context.add_asset_metadata(
+                {"legal_entity": entity, "month": month[:7], "leaves": int(per_partition[key])},
+                partition_key=key,
+            )
+        # The run's figures, named as such: each partition's own count is "leaves".
         return Output(
             leaves,
             metadata={
-                "rows": len(leaves),
-                "by_status": MetadataValue.json({str(k): int(v) for k, v in by_status.items()}),
-                "scopes": MetadataValue.json([s.label() for s in scopes]),
+                "run_rows": len(leaves),
+                "run_by_status": MetadataValue.json({str(k): int(v) for k, v in by_status.items()}),
+                "run_scopes": MetadataValue.json([s.label() for s in scopes]),
             },
         )
 

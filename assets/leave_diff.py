@@ -18,6 +18,7 @@ from dagster import (
     asset,
 )
 
+from assets.catalog import OWNERS, RECONCILE_GROUP
 from assets.diff import Diff, compute_diff
 from assets.entity_report import (
     QUARANTINE_SHOWN,
@@ -32,6 +33,7 @@ from assets.entity_report import (
 from assets.extract import HR_LEAVES, PARTITION_COLUMN
 from assets.gx_suite import SuiteResult, validate_diff
 from assets.links import report_link
+from assets.partition_report import PartitionIndex, planned_by_partition
 from assets.render import EVENT_COLUMNS, render_events
 from assets.tables import markdown_table
 from assets.validation import (
@@ -44,7 +46,7 @@ from assets.validation import (
 from resources.config import AppConfig
 from resources.hr import HRDatabase, entity_partition_key
 from resources.providers.base import event_keys_of, leave_id_of
-from resources.scope import EntityScope, run_scopes
+from resources.scope import EntityScope, month_start, run_scopes, window_today
 from resources.settings import LeavesyncSettings
 from resources.state import SNAPSHOT_COLUMNS, StateStore
 
@@ -355,7 +357,9 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
         name=LEAVE_DIFF,
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
-        group_name="leavesync",
+        group_name=RECONCILE_GROUP,
+        owners=OWNERS,
+        kinds={"pandas", "great_expectations"},
         ins={"leaves": AssetIn(HR_LEAVES)},
         check_specs=[
             AssetCheckSpec(
@@ -396,14 +400,22 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
         result = plan(leaves, scopes, cfg, hr, state, allow, context.run.run_id)
         for entity_key, findings in result.quarantine.groupby(PARTITION_COLUMN):
             state.record_quarantine(context.run.run_id, str(entity_key), findings)
-        summary = result.summary()
+        index = PartitionIndex(
+            context.partition_keys, month_start(window_today(cfg.window.timezone))
+        )
+        planned = planned_by_partition(index, result.diff.changes, result.quarantine)
+        for key, figures in planned.items():
+            month, entity = key.split("|", 1)
+            context.add_asset_metadata(
+                {"legal_entity": entity, "month": month[:7], **figures}, partition_key=key
+            )
+        # What the run refused applies to each of its partitions; the counts are per partition.
         yield Output(
             result,
             metadata={
-                "changes": len(result.diff.changes),
-                "summary": MetadataValue.md(markdown_table(summary)),
                 "refusals": MetadataValue.json([r.message() for r in result.refusals]),
                 "overridden": MetadataValue.json([r.message() for r in result.overridden]),
+                "run_partitions": len(index.keys),
             },
         )
         for refusal in result.refusals:

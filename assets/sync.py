@@ -17,7 +17,9 @@ from dagster import (
     asset,
 )
 
+from assets.catalog import OWNERS, RECONCILE_GROUP, target_kinds
 from assets.leave_diff import LEAVE_DIFF, LeaveDiff
+from assets.partition_report import PartitionIndex, sync_by_partition
 from assets.render import payloads
 from assets.tables import markdown_table
 from resources.providers.base import (
@@ -26,6 +28,7 @@ from resources.providers.base import (
     EventChange,
     FatalProviderError,
 )
+from resources.scope import month_start, window_today
 from resources.settings import LeavesyncSettings
 from resources.state import Intent, SnapshotRow, StateStore
 
@@ -43,10 +46,13 @@ class SyncOutcome:
 
     applied: dict[tuple[str, str, str], int] = field(default_factory=dict)
     failed: list[dict[str, str]] = field(default_factory=list)
+    # (legal entity, partition date, op): the same changes by start date, for the partitions.
+    by_day: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
-    def count(self, target: str, entity: str, op: str) -> None:
+    def count(self, target: str, entity: str, op: str, day: str = "") -> None:
         key = (target, entity, op)
         self.applied[key] = self.applied.get(key, 0) + 1
+        self.by_day[(entity, day, op)] = self.by_day.get((entity, day, op), 0) + 1
 
     def frame(self) -> pd.DataFrame:
         rows = [
@@ -93,6 +99,7 @@ def _delete_halves(frame: pd.DataFrame) -> list[EventChange]:
             calendar=row.from_calendar if row.op == "move" else row.calendar,
             provider_event_id=_opt(row.provider_event_id),
             version=_opt(row.version),
+            moving_to=row.calendar if row.op == "move" else None,
         )
         for row in frame.itertuples(index=False)
     ]
@@ -126,7 +133,9 @@ class _TargetRun:
                 self.pending.append((result, snap))
                 # A move counts once, when its create half lands.
                 if row.op != "move" or change.op == "create":
-                    self.outcome.count(self.target, str(row.legal_entity), row.op)
+                    self.outcome.count(
+                        self.target, str(row.legal_entity), row.op, str(row.partition_date)
+                    )
             else:
                 self.fail(row, result)
             if (
@@ -158,6 +167,7 @@ class _TargetRun:
                 "calendar": row.calendar,
                 "op": row.op,
                 "error": error,
+                "partition_date": str(row.partition_date),
             }
         )
         self.log.warning(f"target {self.target}: {row.op} {row.event_key} failed: {error}")
@@ -268,12 +278,16 @@ def sync_summary(plan: LeaveDiff, outcome: SyncOutcome) -> pd.DataFrame:
     return out.astype(int).reset_index()
 
 
-def build_calendar_sync(partitions_def, target_names: list[str]) -> AssetsDefinition:
+def build_calendar_sync(
+    partitions_def, target_names: list[str], target_types: list[str] | None = None
+) -> AssetsDefinition:
     @asset(
         name=CALENDAR_SYNC,
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
-        group_name="leavesync",
+        group_name=RECONCILE_GROUP,
+        owners=OWNERS,
+        kinds=target_kinds(target_types or []),
         ins={"plan": AssetIn(LEAVE_DIFF)},
         description="Applies the diff to every calendar target and updates the snapshot per change.",
     )
@@ -304,9 +318,47 @@ def build_calendar_sync(partitions_def, target_names: list[str]) -> AssetsDefini
                 metadata=_sync_metadata(summary, outcome, target_names),
             ) from stop
         summary = sync_summary(plan, outcome)
-        return MaterializeResult(metadata=_sync_metadata(summary, outcome, target_names))
+        cfg = settings.app()
+        index = PartitionIndex(
+            context.partition_keys, month_start(window_today(cfg.window.timezone))
+        )
+        counts = sync_by_partition(
+            index,
+            plan.diff.changes,
+            outcome.by_day,
+            outcome.failed,
+            plan.desired,
+            plan.quarantine,
+        )
+        for key, figures in counts.items():
+            context.add_asset_metadata(
+                _partition_metadata(key, figures, outcome, index), partition_key=key
+            )
+        # Every partition's materialization says what that partition's run did; the run's
+        # per-entity summary is the asset's value (the CLI prints it).
+        return MaterializeResult(
+            metadata={
+                "targets": MetadataValue.json(target_names),
+                "run_partitions": len(index.keys),
+            },
+            value=summary,
+        )
 
     return calendar_sync
+
+
+def _partition_metadata(
+    key: str, figures: dict[str, int], outcome: SyncOutcome, index: PartitionIndex
+) -> dict:
+    month, entity = key.split("|", 1)
+    meta: dict = {"legal_entity": entity, "month": month[:7], **figures}
+    failed = [
+        f for f in outcome.failed if index.key_of(f["legal_entity"], f["partition_date"]) == key
+    ]
+    if failed:
+        frame = pd.DataFrame(failed, columns=["target", "event_key", "calendar", "op", "error"])
+        meta["failed_changes"] = MetadataValue.md(markdown_table(frame.head(100)))
+    return meta
 
 
 # Listeners of this process told of changes as they land (the CLI's live progress).

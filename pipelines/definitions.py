@@ -41,7 +41,9 @@ def build_definitions(cfg: AppConfig) -> Definitions:
     assets = [
         build_hr_leaves(partitions),
         build_leave_diff(partitions),
-        build_calendar_sync(partitions, [t.name for t in cfg.targets]),
+        build_calendar_sync(
+            partitions, [t.name for t in cfg.targets], [t.type for t in cfg.targets]
+        ),
         build_sync_drift(partitions),
     ]
     reconcile = define_asset_job(

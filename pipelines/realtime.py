@@ -12,10 +12,12 @@ second whose digest no longer matches, so that second's rows count as changed ag
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -34,7 +36,7 @@ TRIGGER = "hr_changes"
 CHANGES_TAG = "leavesync/hr_changes"  # what the run is for, in words (the UI shows it)
 # Past this many days an entity's run covers its whole nightly window, without a dates tag.
 MAX_TAGGED_DAYS = 62
-# Rows of one second the cursor remembers one by one (more: by their count and hash sum).
+# Rows of one second the cursor remembers one by one (more: by count and sketch, _remember).
 MAX_ROWS_PER_SECOND = 32
 # Where a poll reads from when the source had no updated_at at all when first polled.
 EMPTY_START = dt.datetime(1900, 1, 1)
@@ -153,48 +155,267 @@ def _seconds(rows: pd.DataFrame, hashes: list[str]) -> dict[str, list[str]]:
 
 
 def _summary(hashes: list[str]) -> str:
-    """A large second (a bulk update) is remembered by its size and the sum of its hashes."""
+    """An old cursor's large second: its size and the sum of its hashes."""
     total = sum(int(h, 16) for h in hashes) % (1 << 64)
     return f"{len(hashes)}:{total:016x}"
+
+
+# A large second (a bulk update) is remembered by its row count and an invertible Bloom
+# lookup table of its rows' hashes (Eppstein, Goodrich et al., "What's the difference?",
+# SIGCOMM 2011): 3 x 16 cells of (count, xor of hashes, xor of check hashes), about 1.3 kB
+# whatever the rows. While its count (from the updated_at index alone) is unchanged, or
+# dropped by no more than the rows found changed elsewhere (rows updated again leave it),
+# it is not read at all. Otherwise it is read, and subtracting the table of its rows now
+# and peeling the result lists the rows that arrived (a late commit) and left; when that
+# cannot be done (dozens of differences), every row of the second counts as new.
+# Past BULK_ROWS rows a second is never fetched (an import): every legal entity reruns.
+_SKETCH_PART = 16
+_SKETCH_CELLS = 3 * _SKETCH_PART
+BULK_ROWS = 5000
+
+
+def _digest(value: int, person: bytes, size: int) -> bytes:
+    return hashlib.blake2b(value.to_bytes(8, "big"), digest_size=size, person=person).digest()
+
+
+def _cells_of(key: int) -> list[int]:
+    raw = _digest(key, b"cells", 12)
+    return [
+        part * _SKETCH_PART + int.from_bytes(raw[4 * part : 4 * part + 4], "big") % _SKETCH_PART
+        for part in range(3)
+    ]
+
+
+def _check_of(key: int) -> int:
+    return int.from_bytes(_digest(key, b"check", 8), "big")
+
+
+def _sketch(hashes: Sequence[str]) -> list[list[int]]:
+    cells = [[0, 0, 0] for _ in range(_SKETCH_CELLS)]
+    for text in hashes:
+        key = int(text, 16)
+        check = _check_of(key)
+        for i in _cells_of(key):
+            cell = cells[i]
+            cell[0] += 1
+            cell[1] ^= key
+            cell[2] ^= check
+    return cells
+
+
+def _encode_sketch(cells: list[list[int]], size: int) -> str:
+    packed = b"".join(struct.pack(">iQQ", *cell) for cell in cells)
+    return f"s:{size}:" + base64.b64encode(packed).decode()
+
+
+def _decode_sketch(text: str) -> list[list[int]] | None:
+    try:
+        raw = base64.b64decode(text.split(":", 2)[2], validate=True)
+        cells = [list(struct.unpack_from(">iQQ", raw, 20 * i)) for i in range(_SKETCH_CELLS)]
+    except (ValueError, IndexError, struct.error):
+        return None
+    return cells if len(raw) == 20 * _SKETCH_CELLS else None
+
+
+def _size_of(before: str) -> int | None:
+    """A large second's row count: ``s:<n>:<table>``, ``n:<n>`` or an old ``<n>:<sum>``."""
+    parts = before.split(":")
+    text = parts[1] if parts[0] in ("s", "n") else parts[0]
+    return int(text) if text.isdigit() else None
+
+
+def _resized(before: str, size: int) -> str:
+    if before.startswith("s:"):
+        return f"s:{size}:" + before.split(":", 2)[2]
+    return f"n:{size}"
+
+
+def _arrivals(before: str, hashes: Sequence[str]) -> set[str] | None:
+    """The hashes in ``hashes`` that the remembered second did not hold; None: unknown."""
+    old = _decode_sketch(before)
+    if old is None:
+        return None
+    cells = [
+        [a[0] - b[0], a[1] ^ b[1], a[2] ^ b[2]] for a, b in zip(old, _sketch(hashes), strict=True)
+    ]
+    arrived: set[int] = set()
+    progress = True
+    while progress:
+        progress = False
+        for cell in cells:
+            count, key, check = cell
+            if count in (1, -1) and check == _check_of(key):
+                for i in _cells_of(key):
+                    cells[i][0] -= count
+                    cells[i][1] ^= key
+                    cells[i][2] ^= check
+                if count == -1:
+                    arrived.add(key)
+                progress = True
+    if any(cell != [0, 0, 0] for cell in cells):
+        return None
+    return {f"{key:016x}" for key in arrived}
+
+
+def _fresh_in(before: list[str] | str | None, hashes: list[str]) -> set[str]:
+    """The hashes of one second's rows that were not in it when it was remembered."""
+    if isinstance(before, list):
+        return set(hashes) - set(before)
+    if before is None or before.startswith("n:"):
+        return set(hashes)
+    if before.startswith("s:"):
+        arrived = _arrivals(before, hashes)
+        return set(hashes) if arrived is None else arrived
+    return set() if before == _summary(hashes) else set(hashes)
+
+
+def _remember(hashes: list[str], size: int) -> list[str] | str:
+    if size <= MAX_ROWS_PER_SECOND and len(hashes) <= MAX_ROWS_PER_SECOND:
+        return hashes
+    return _encode_sketch(_sketch(hashes), max(size, len(hashes)))
+
+
+Reader = Callable[[dt.datetime, dt.datetime | None], pd.DataFrame]
+
+
+@dataclass
+class SourcePoll:
+    """What one poll of a source found: rows not seen before, seconds too large to read."""
+
+    fresh: pd.DataFrame
+    bulk: list[str] = field(default_factory=list)
+
+
+def poll_source(
+    cursor: Cursor,
+    source: str,
+    since: dt.datetime,
+    counts: Mapping[dt.datetime, int],
+    read: Reader,
+    overlap_seconds: int,
+) -> SourcePoll:
+    """The rows of ``source`` from ``since`` on that the cursor has not seen; advances the
+    cursor's newest updated_at and what it remembers of the overlap window.
+
+    ``counts``: rows per updated_at from ``since`` on (HR's index); ``read(a, b)``: the rows
+    with a <= updated_at < b (b None: no end). A second remembers its rows' hashes, so a row
+    updated again (leaving that second) makes nothing look new; a large one is read only
+    when its count says it must be (see _sketch above).
+    """
+    sizes: dict[str, int] = {}
+    for at, n in counts.items():
+        sizes[_second(at)] = sizes.get(_second(at), 0) + n
+    known = cursor.seen.get(source, {})
+    large = {s: n for s, n in sizes.items() if n > MAX_ROWS_PER_SECOND}
+    held = {s for s in large if isinstance(known.get(s), str)}
+    bulk = sorted(s for s in large if s not in held and large[s] > BULK_ROWS)
+    rows = _read_around(read, since, sorted({*held, *bulk}))
+    fresh, memory = _fresh_rows(rows, known, sizes)
+    changed_elsewhere = fresh["source_id"].nunique() if len(fresh) else 0
+    extra = []
+    for second in sorted(held):
+        before, now = known[second], large[second]
+        size = _size_of(before)
+        if _unchanged(before, size, now, changed_elsewhere):
+            memory[second] = _resized(before, now)
+        elif now <= BULK_ROWS:
+            start = dt.datetime.fromisoformat(second)
+            found, remembered = _fresh_rows(
+                read(start, start + dt.timedelta(seconds=1)), {second: before}, sizes
+            )
+            extra.append(found)
+            memory.update(remembered)
+        else:
+            bulk.append(second)
+            memory[second] = f"n:{now}"
+    for second in bulk:
+        memory.setdefault(second, f"n:{large[second]}")
+    stamps = [*counts, *(rows["changed_at"] if len(rows) else [])]
+    newest = max([*stamps, *filter(None, [cursor.newest_at(source)])], default=None)
+    if newest is None:
+        return SourcePoll(fresh)
+    cursor.newest[source] = newest.isoformat()
+    # What was read (or counted) covers every second from the previous read_from on, so the
+    # next poll's window (which starts at or after it) is remembered whole.
+    keep_from = read_from(newest, overlap_seconds)
+    cursor.seen[source] = {
+        second: kept
+        for second, kept in memory.items()
+        if dt.datetime.fromisoformat(second) >= keep_from
+    }
+    frames = [f for f in (fresh, *extra) if len(f)]
+    found = pd.concat(frames, ignore_index=True) if len(frames) > 1 else (frames or [fresh])[0]
+    return SourcePoll(found.reset_index(drop=True), sorted(set(bulk)))
+
+
+def _unchanged(before: str, size: int | None, now: int, changed_elsewhere: int) -> bool:
+    """Whether a large second needs no read: its count tells that no row arrived in it.
+
+    A second we can read is skipped only while its count holds and no row changed
+    elsewhere (a row that left it is among those). One too large to read (an import) is
+    skipped while its count drops by no more than the rows changed elsewhere: a row
+    committed late into it while as many of its rows are updated again, or deleted, in the
+    same poll interval waits for the nightly run (README, "Near real time"). Hard deletes
+    aside, a second's count cannot hold while a row arrives unless another left it.
+    """
+    if size is None:
+        return False
+    if before.startswith("s:"):
+        return now == size and changed_elsewhere == 0
+    return size - changed_elsewhere <= now <= size
+
+
+def _read_around(read: Reader, since: dt.datetime, skipped: list[str]) -> pd.DataFrame:
+    """The rows from ``since`` on, but those of the ``skipped`` seconds (one range each)."""
+    frames, start = [], since
+    for second in skipped:
+        begin = dt.datetime.fromisoformat(second)
+        if begin > start:
+            frames.append(read(start, begin))
+        start = max(start, begin + dt.timedelta(seconds=1))
+    frames.append(read(start, None))
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return read(start, start)  # no row, with the columns
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _fresh_rows(
+    rows: pd.DataFrame, known: Mapping[str, list[str] | str], sizes: Mapping[str, int]
+) -> tuple[pd.DataFrame, dict[str, list[str] | str]]:
+    """The rows not in what ``known`` remembers of their seconds; what to remember now."""
+    if rows.empty:
+        return rows, {}
+    row_hashes = [
+        _row_hash(i, at) for i, at in zip(rows["source_id"], rows["changed_at"], strict=True)
+    ]
+    now = _seconds(rows, row_hashes)
+    fresh_hashes: set[str] = set()
+    for second, hashes in now.items():
+        fresh_hashes |= _fresh_in(known.get(second), hashes)
+    memory = {
+        second: _remember(hashes, sizes.get(second, len(hashes))) for second, hashes in now.items()
+    }
+    return rows[[h in fresh_hashes for h in row_hashes]].reset_index(drop=True), memory
 
 
 def new_changes(
     cursor: Cursor, source: str, rows: pd.DataFrame, overlap_seconds: int
 ) -> pd.DataFrame:
-    """The rows of ``source`` (read from ``read_from(newest)``) the cursor has not seen;
-    advances the cursor's newest updated_at and what it remembers of the overlap window.
-
-    A second remembers its rows' hashes, so a row updated again (leaving that second) makes
-    nothing look new; a second with more than MAX_ROWS_PER_SECOND rows remembers only its
-    size and sum, and any difference there counts all of its rows as new (duplicates, never
-    a loss).
-    """
+    """poll_source over rows already read (every row from the poll's read_from on)."""
     if rows.empty:
         return rows
-    row_hashes = [
-        _row_hash(i, at) for i, at in zip(rows["source_id"], rows["changed_at"], strict=True)
-    ]
-    now = _seconds(rows, row_hashes)
-    known = cursor.seen.get(source, {})
-    fresh_hashes: set[str] = set()
-    for second, hashes in now.items():
-        before = known.get(second)
-        if isinstance(before, list):
-            fresh_hashes |= set(hashes) - set(before)
-        elif before is None or before != _summary(hashes):
-            fresh_hashes |= set(hashes)
-    fresh = rows[[h in fresh_hashes for h in row_hashes]]
-    newest = max([*rows["changed_at"], *filter(None, [cursor.newest_at(source)])])
-    cursor.newest[source] = newest.isoformat()
-    # The rows read cover every second from the previous read_from on, so the next poll's
-    # window (which starts at or after it) is remembered whole.
-    keep_from = read_from(newest, overlap_seconds)
-    cursor.seen[source] = {
-        second: hashes if len(hashes) <= MAX_ROWS_PER_SECOND else _summary(hashes)
-        for second, hashes in now.items()
-        if dt.datetime.fromisoformat(second) >= keep_from
-    }
-    return fresh.reset_index(drop=True)
+    counts: dict[dt.datetime, int] = {}
+    for at in rows.drop_duplicates(["source_id", "changed_at"])["changed_at"]:
+        counts[at] = counts.get(at, 0) + 1
+
+    def read(start: dt.datetime, end: dt.datetime | None) -> pd.DataFrame:
+        at = rows["changed_at"]
+        keep = (at >= start) & (at < end) if end is not None else at >= start
+        return rows[keep.astype(bool)]
+
+    since = min(rows["changed_at"]).replace(microsecond=0)
+    return poll_source(cursor, source, since, counts, read, overlap_seconds).fresh
 
 
 def touched(

@@ -39,6 +39,18 @@ def ensure_dagster_home(cfg: AppConfig) -> Path:
     return home
 
 
+# The demo's queue (`make ui`): one run per legal entity at a time, as in production
+# (deploy/dagster.yaml), whatever launched it: hr_changes, the schedules, a backfill.
+DEMO_RUN_QUEUE = """run_coordinator:
+  module: pipelines.run_queue
+  class: LegalEntityRunCoordinator
+  config:
+    max_concurrent_runs: 2
+    max_concurrent_runs_per_legal_entity: 1
+    dequeue_interval_seconds: 2
+"""
+
+
 _RELAXED_HOMES: set[str] = set()
 
 
@@ -76,13 +88,16 @@ def _relaxed_sqlite_sync(home: Path) -> None:
 
 
 def ensure_instance_settings(settings: Path) -> None:
-    """Turn telemetry and the UI's pop-ups off in a dagster.yaml that does not set them."""
+    """Turn telemetry and the UI's pop-ups off, and queue runs one per legal entity at a time,
+    in a dagster.yaml that does not set them."""
     text = settings.read_text() if settings.exists() else ""
     missing = [
         f"{key}:\n  enabled: false\n"
         for key in ("telemetry", "nux")
         if not re.search(rf"^{key}:", text, re.MULTILINE)
     ]
+    if not re.search(r"^run_coordinator:", text, re.MULTILINE):
+        missing.append(DEMO_RUN_QUEUE)
     if missing:
         sep = "" if not text or text.endswith("\n") else "\n"
         settings.write_text(text + sep + "".join(missing))
@@ -397,10 +412,14 @@ def _execute(
     for mat in result.get_asset_materialization_events():
         name = mat.asset_key.to_user_string()
         meta = mat.materialization.metadata
-        if name == HR_LEAVES and "rows" in meta:
-            run.extracted = int(meta["rows"].value)
-        if name == sync.CALENDAR_SYNC and run.summary is None and "summary" in meta:
-            run.summary = pd.DataFrame(meta["summary"].value)
+        if name == HR_LEAVES and "run_rows" in meta:
+            run.extracted = int(meta["run_rows"].value)
+    try:
+        # calendar_sync's value: its per-entity summary (its materializations are per partition).
+        summary = result.output_for_node(sync.CALENDAR_SYNC)
+        run.summary = summary if isinstance(summary, pd.DataFrame) else None
+    except Exception:  # noqa: BLE001 - not applied (blocked, failed, or a plan-only run)
+        pass
     for ev in result.all_events:
         if not (ev.is_failure and ev.event_specific_data is not None):
             continue

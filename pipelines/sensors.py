@@ -17,8 +17,8 @@ from pipelines.realtime import (
     Pending,
     Window,
     merge_pending,
-    new_changes,
     plan_runs,
+    poll_source,
     queued_run,
     read_from,
     touched,
@@ -52,7 +52,6 @@ def build_entity_sensor(hr: HRDatabase, running: bool = True):
 
 
 # --- hr_changes: HR changes reach the calendars within a poll and a run ----------------------
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 NOT_STARTED = (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING)
 
 
@@ -61,13 +60,20 @@ def build_hr_changes_sensor(cfg: AppConfig, hr: HRDatabase, state: StateStore):
     the days it touches (README, "Near real time")."""
     realtime = cfg.realtime
     targets = [t.name for t in cfg.targets]
+    # Changed leaves past which an entity runs its whole window, so the blast-radius guard
+    # judges its deletes against the nightly run's events, not a few days' (each leave is an
+    # event per target: 5 opt-out leaves are 10 deletes with two targets).
+    burst = -(-cfg.safety.min_deletes // max(1, len(targets)))
     warned: list[str] = []
 
     @sensor(
         name="hr_changes",
         minimum_interval_seconds=realtime.poll_seconds,
         job_name=RECONCILE_JOB,
-        default_status=DefaultSensorStatus.RUNNING,
+        # window.schedules_running: false deploys it stopped, with the schedules.
+        default_status=DefaultSensorStatus.RUNNING
+        if cfg.window.schedules_running
+        else DefaultSensorStatus.STOPPED,
         description=(
             "Reads the leaves, employees and legal entities HR changed since the last poll and "
             "reconciles the days they touch, one run per legal entity."
@@ -95,8 +101,21 @@ def build_hr_changes_sensor(cfg: AppConfig, hr: HRDatabase, state: StateStore):
                 if newest is None:
                     continue
             start = read_from(newest, realtime.overlap_seconds) if newest else EMPTY_START
-            rows = hr.changes_since(source, start, window.start)
-            fresh = new_changes(cursor, source, rows, realtime.overlap_seconds)
+            polled = poll_source(
+                cursor,
+                source,
+                start,
+                hr.change_counts(source, start),
+                lambda a, b, source=source: hr.changes_since(source, a, window.start, b),
+                realtime.overlap_seconds,
+            )
+            fresh = polled.fresh
+            if polled.bulk and not first:
+                # Too many rows in one second to read (an import): every entity reruns.
+                why = f"{source}: bulk change at {', '.join(polled.bulk)}"
+                context.log.info(why + ": every legal entity's window runs")
+                for key in hr.partition_keys():
+                    found.setdefault(key, Pending()).merge(Pending(whole=True, why=[why]))
             if first or fresh.empty:
                 continue
             leave_ids = sorted({str(i) for i in fresh["leave_id"].dropna()})
@@ -105,7 +124,7 @@ def build_hr_changes_sensor(cfg: AppConfig, hr: HRDatabase, state: StateStore):
             for key, pending in touched(source, fresh, exported, codes, window).items():
                 found.setdefault(key, Pending()).merge(pending)
             context.log.info(f"{len(fresh)} changed rows in {source} since {start.isoformat()}")
-        merge_pending(cursor, found, cfg.safety.min_deletes)
+        merge_pending(cursor, found, burst)
         if not cursor.pending:
             return SensorResult(skip_reason="no change in HR", cursor=cursor.to_json())
         queued = [
@@ -124,7 +143,8 @@ def build_hr_changes_sensor(cfg: AppConfig, hr: HRDatabase, state: StateStore):
         for run in runs:
             scope = ", ".join(run.dates) if run.dates else f"{run.date_from}..{run.date_to}"
             context.log.info(f"{run.entity_key}: run over {scope} for {run.why}")
-            requests.append(RunRequest(tags=run.tags(window), run_config=IN_PROCESS))
+            # The jobs' executor runs in process already (pipelines/definitions.py).
+            requests.append(RunRequest(tags=run.tags(window)))
         return SensorResult(
             run_requests=requests,
             skip_reason=None if requests else "changes wait: " + "; ".join(waiting.values()),

@@ -362,12 +362,45 @@ class HRDatabase(ConfigurableResource):
         )
         return changed_at_value(rows.iloc[0, 0]) if len(rows) else None
 
-    def changes_since(self, source: str, since: dt.datetime, window_start: dt.date) -> pd.DataFrame:
-        """Rows of ``source`` with updated_at >= ``since`` (HR's own clock), as the leaves they
-        touch: source_id, leave_id, legal_entity, start_date (ISO), changed_at (datetime)."""
+    def change_counts(self, source: str, since: dt.datetime) -> dict[dt.datetime, int]:
+        """How many rows of ``source`` carry each updated_at from ``since`` on: read from the
+        updated_at index alone, so a bulk of rows stamped alike costs one index range scan
+        and is only fetched when its count says something in it changed."""
+        column = _CHANGE_COLUMNS.get(source, "src.updated_at")
+        table = (
+            self._source()
+            if source == CUSTOM_SOURCE
+            else f"{_change_table(source)} {column.split('.')[0]}"
+        )
+        stmt = sa.text(
+            f"SELECT {column} AS changed_at, COUNT(*) AS n FROM {table} "
+            f"WHERE {column} >= :since GROUP BY {column}"
+        ).bindparams(sa.bindparam("since", type_=sa.DateTime(timezone=since.tzinfo is not None)))
+        raw = self._read(stmt, {"since": since}, f"counting {source} changes")
+        out: dict[dt.datetime, int] = {}
+        for at, n in zip(raw["changed_at"], raw["n"], strict=True):
+            when = changed_at_value(at)
+            if when is not None:
+                out[when] = out.get(when, 0) + int(n)
+        return out
+
+    def changes_since(
+        self,
+        source: str,
+        since: dt.datetime,
+        window_start: dt.date,
+        until: dt.datetime | None = None,
+    ) -> pd.DataFrame:
+        """Rows of ``source`` with ``since`` <= updated_at (< ``until``), HR's own clock, as the
+        leaves they touch: source_id, leave_id, legal_entity, start_date (ISO), changed_at."""
         sql = self._change_sql(source)
-        binds = [sa.bindparam("since", type_=sa.DateTime(timezone=since.tzinfo is not None))]
+        stamp = sa.DateTime(timezone=since.tzinfo is not None)
+        binds = [sa.bindparam("since", type_=stamp)]
         params: dict[str, object] = {"since": since}
+        if until is not None:
+            sql += f" AND {_CHANGE_COLUMNS.get(source, 'src.updated_at')} < :until"
+            binds.append(sa.bindparam("until", type_=stamp))
+            params["until"] = until
         if ":window_start" in sql:
             binds.append(sa.bindparam("window_start", type_=sa.Date()))
             params["window_start"] = window_start
@@ -429,6 +462,12 @@ def _missing_table(reason: str) -> bool:
 # --- the hr_changes sensor's sources --------------------------------------------------------
 CHANGE_TABLES: tuple[str, ...] = ("leaves", "employees", "legal_entities")
 CUSTOM_SOURCE = "query"  # a custom hr.query is polled as one source
+# The updated_at column of each source in _change_sql (with its alias there).
+_CHANGE_COLUMNS = {
+    "leaves": "l.updated_at",
+    "employees": "e.updated_at",
+    "legal_entities": "le.updated_at",
+}
 
 
 def _change_table(source: str) -> str:

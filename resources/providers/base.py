@@ -155,6 +155,11 @@ class EventChange:
     # the next create of the same key (a reinstated leave) gets a new one. None: the
     # provider makes one up for this attempt.
     attempt_id: str | None = None
+    # The delete half of a move: the calendar the event moves to, whose create follows in a
+    # later call. Where the old address now names that mailbox by an alias the service will
+    # not act on (Exchange's ErrorNonPrimarySmtpAddress), the delete is done and the create
+    # adopts the event.
+    moving_to: str | None = None
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,22 @@ def test_the_production_instance_holds_one_run_per_legal_entity(tmp_path, monkey
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
         assert instance.run_monitoring_enabled
         assert not instance.nux_enabled
+
+
+def test_the_demo_instance_of_make_ui_holds_one_run_per_legal_entity(tmp_path):
+    from pipelines.runner import ensure_instance_settings
+
+    settings = tmp_path / "dagster.yaml"
+    settings.write_text("telemetry:\n  enabled: true\n")
+    ensure_instance_settings(settings)
+    ensure_instance_settings(settings)  # idempotent
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert isinstance(instance.run_coordinator, LegalEntityRunCoordinator)
+        instance.add_dynamic_partitions("legal_entity", ["FR"])
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        assert {"key": slot_tag("FR"), "limit": 1} in limits
+        assert instance.telemetry_enabled  # what the file sets is kept
+    # A queue the user configured is left alone.
+    settings.write_text("run_coordinator:\n  module: dagster\n  class: QueuedRunCoordinator\n")
+    ensure_instance_settings(settings)
+    assert settings.read_text().count("run_coordinator:") == 1

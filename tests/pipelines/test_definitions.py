@@ -134,3 +134,26 @@ def test_drift_report_has_its_own_job_and_schedule(home, hr):
     assert "sync_drift" not in {
         k.to_user_string() for k in reconcile.asset_layer.selected_asset_keys
     }
+
+
+def test_every_asset_has_a_group_owner_kinds_and_description(home, hr):
+    cfg = make_config(home, hr.url)
+    cfg = cfg.model_copy(
+        update={"targets": [*cfg.targets, cfg.targets[0].model_copy(update={"name": "m365",
+                                                                            "type": "ews"})]}
+    )  # fmt: skip
+    graph = build_definitions(cfg).resolve_asset_graph()
+    specs = {
+        key.to_user_string(): (graph.get(key).group_name, graph.get(key).owners,
+                               sorted(graph.get(key).kinds))
+        for key in graph.get_all_asset_keys()
+    }  # fmt: skip
+
+    assert specs == {
+        "hr_leaves": ("hr", ["team:hr-it"], ["pandas", "sql"]),
+        "leave_diff": ("reconciliation", ["team:hr-it"], ["great_expectations", "pandas"]),
+        "calendar_sync": ("reconciliation", ["team:hr-it"], ["icalendar", "microsoft", "python"]),
+        "sync_drift": ("drift", ["team:hr-it"], ["matplotlib", "pandas", "python"]),
+    }
+    for key in graph.get_all_asset_keys():
+        assert len(graph.get(key).description or "") > 40, key

@@ -7,7 +7,13 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    build_sensor_context,
+)
 
 from pipelines.definitions import build_definitions
 from pipelines.partitions import ENTITY_DIMENSION
@@ -54,10 +60,13 @@ class Sensor:
         return sorted(result.run_requests or [], key=lambda r: r.tags[_START])
 
     def execute(self, request) -> bool:
-        """Run a request's job in this process, as the daemon's run would, with its tags."""
+        """Run a request's job in this process, as the daemon's run would: its config, tags."""
         job = self.defs.resolve_job_def("reconcile")
         return job.execute_in_process(
-            instance=self.instance, tags=request.tags, raise_on_error=False
+            run_config=request.run_config,
+            instance=self.instance,
+            tags=request.tags,
+            raise_on_error=False,
         ).success
 
 
@@ -190,6 +199,31 @@ def test_a_burst_in_one_entity_runs_its_whole_window_so_the_guard_judges_it_as_a
         hr.update_leave(lid, status="cancelled", updated_at=at(i))
     (run,) = sensor.tick()
     assert entity(run) == "FR" and days(run) is None
+
+
+def test_the_burst_counts_events_so_two_targets_reach_the_guard_with_half_the_leaves(
+    home, hr, instance
+):
+    hr.employee(1, "FR", "ann@example.com")
+    hr.employee(2, "FR", "bob@example.com")
+    leaves = [hr.leave(1, day(n)) for n in range(1, 13)]
+    for n in range(1, 31):
+        hr.leave(2, day(n))
+    feeds = [
+        {"name": name, "type": "ics", "settings": {"directory": str(home / name)}}
+        for name in ("feeds", "mirror")
+    ]
+    cfg = synced(home, hr, targets=feeds)
+    sensor = Sensor(cfg, instance)
+    sensor.tick()
+    for i, lid in enumerate(leaves[:5]):  # 5 leaves: 10 events deleted (safety.min_deletes)
+        hr.update_leave(lid, status="cancelled", updated_at=at(i))
+    (run,) = sensor.tick()
+    assert entity(run) == "FR" and days(run) is None  # judged over the whole window
+    # 10 of the window's 84 events: allowed, as at night; over the 5 days alone (10 of 20)
+    # the guard would refuse the run and the cancellations would wait for the night.
+    assert sensor.execute(run)
+    assert len(StateStore(url=cfg.state_url()).snapshot_all()) == 2 * 37
 
 
 def test_a_custom_query_returning_updated_at_is_polled(home, hr, instance):
@@ -357,6 +391,12 @@ def test_realtime_is_on_for_the_embedded_demo_database_and_opt_in_otherwise(home
     assert "hr_changes" not in {s.name for s in build_definitions(off).sensors}
     on = build_definitions(make_config(home, hr.url, realtime={"enabled": True, "poll_seconds": 7}))
     assert on.get_sensor_def("hr_changes").minimum_interval_seconds == 7
+    assert on.get_sensor_def("hr_changes").default_status == DefaultSensorStatus.RUNNING
+    stopped = make_config(
+        home, hr.url, realtime={"enabled": True}, window={"schedules_running": False}
+    )
+    sensor = build_definitions(stopped).get_sensor_def("hr_changes")
+    assert sensor.default_status == DefaultSensorStatus.STOPPED
 
 
 def test_the_reference_schema_indexes_updated_at_and_a_missing_index_is_reported(home, hr):
@@ -387,3 +427,95 @@ def test_changes_are_read_on_database_servers(server, home, instance, request):
     assert (entity(fr), days(fr)) == ("FR", iso(10, 40))
     assert (entity(us), days(us)) == ("US", iso(4, 10, 40))
     assert sensor.tick() == []
+
+
+def _rows(items: list[tuple[int, dt.datetime]]):
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "source_id": [str(i) for i, _ in items],
+            "leave_id": [str(i) for i, _ in items],
+            "legal_entity": ["FR"] * len(items),
+            "start_date": [day(1).isoformat()] * len(items),
+            "changed_at": [t for _, t in items],
+        }
+    )
+
+
+def test_a_bulk_second_tells_the_rows_that_arrived_from_those_that_left():
+    from pipelines.realtime import MAX_ROWS_PER_SECOND, Cursor, new_changes
+
+    bulk = [(i, at(0)) for i in range(1, 501)]  # an import: 500 rows stamped in one second
+    cursor = Cursor()
+    assert len(new_changes(cursor, "employees", _rows(bulk), 600)) == 500
+    remembered = Cursor.from_json(cursor.to_json())  # as Dagster stores it
+    assert len(remembered.to_json()) < 3000 and MAX_ROWS_PER_SECOND < 500
+    # One row updated again (it leaves the bulk second): only it is new.
+    moved = [*bulk[1:], (1, at(60))]
+    assert list(new_changes(remembered, "employees", _rows(moved), 600)["source_id"]) == ["1"]
+    # A late commit into the bulk second, and another row leaving it: only those two.
+    late = [*moved[1:], (2, at(61)), (9999, at(0.25))]
+    fresh = new_changes(remembered, "employees", _rows(late), 600)
+    assert sorted(fresh["source_id"]) == ["2", "9999"]
+    # More differences than the sketch can tell apart: every row of the second is new again.
+    churn = [(i, at(0)) for i in range(200, 700)] + [(1, at(60)), (2, at(61)), (9999, at(0.25))]
+    fresh = new_changes(remembered, "employees", _rows(churn), 600)
+    assert len(fresh) == 501 and "9999" in set(fresh["source_id"])
+
+
+def test_an_opt_out_after_a_bulk_import_runs_that_employee_only(home, hr, instance):
+    hr.employee(1, "FR", "ann@example.com")
+    for i in range(2, 60):  # HR's import stamped every employee in the same second
+        hr.employee(i, "FR" if i % 2 else "US", f"e{i}@example.com")
+        hr.leave(i, day(5 + i % 7))
+    hr.execute("UPDATE employees SET updated_at = :t", t=at(-30))
+    lid = hr.leave(1, day(3))
+    sensor = Sensor(synced(home, hr), instance)
+    sensor.tick()
+    hr.update_employee(1, sync_enabled=False, updated_at=at(0))
+    (run,) = sensor.tick()
+    assert (entity(run), days(run)) == ("FR", iso(3))
+    assert sensor.execute(run)
+    cfg_state = StateStore(url=sensor.cfg.state_url()).snapshot_all()
+    assert str(lid) not in set(cfg_state["leave_id"])
+
+
+def test_an_import_too_large_to_read_is_counted_not_fetched():
+    from pipelines.realtime import BULK_ROWS, Cursor, poll_source
+
+    reads: list[tuple] = []
+    table = {("import", at(0)): BULK_ROWS + 1}
+
+    def rows_between(start, end):
+        reads.append((start, end))
+        items = [
+            (i, t)
+            for (i, t), _ in table.items()
+            if i != "import" and t >= start and (end is None or t < end)
+        ]
+        return _rows(items) if items else _rows([]).astype({"changed_at": object})
+
+    def poll(cursor):
+        counts: dict = {}
+        for (_, t), n in table.items():
+            counts[t] = counts.get(t, 0) + n
+        return poll_source(cursor, "leaves", at(-600), counts, rows_between, 600)
+
+    def fetched_the_import() -> bool:
+        return any(a <= at(0) and (b is None or b > at(0)) for a, b in reads)
+
+    cursor = Cursor()
+    first = poll(cursor)
+    assert first.bulk == [at(0).isoformat()] and not fetched_the_import()
+    assert poll(cursor).bulk == []  # remembered by its count: nothing to rerun
+    table[(7, at(30))] = 1  # a change elsewhere: found, the import still not fetched
+    found = poll(cursor)
+    assert list(found.fresh["source_id"]) == ["7"] and found.bulk == []
+    table[("import", at(0))] -= 1  # one imported row updated again: it leaves the import
+    table[(8, at(40))] = 1
+    found = poll(cursor)
+    assert list(found.fresh["source_id"]) == ["8"] and found.bulk == []
+    assert not fetched_the_import()
+    table[("import", at(0))] += 5  # rows committed late into it: every entity reruns
+    assert poll(cursor).bulk == [at(0).isoformat()]

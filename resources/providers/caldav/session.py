@@ -20,6 +20,9 @@ from resources.providers.retry import Backoff, RateLimiter
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
+_CONSTRUCTION = threading.Lock()  # see DavSession._client
+
+
 class CalendarFailure(ProviderError):
     """One calendar (or one event) cannot be written; ``permanent``: retrying now will not help."""
 
@@ -83,22 +86,27 @@ class DavSession:
         if client is None:
             s = self.settings
             password = secret_from_env(s.password_env, f"CalDAV target password for {s.username}")
-            client = caldav.DAVClient(
-                url=s.server_root,
-                username=s.username,
-                password=password,
-                auth_type=s.auth_type,
-                timeout=s.timeout_seconds,
-                ssl_verify_cert=s.ca_bundle or True,
-                enable_rfc6764=False,
-                rate_limit_handle=False,
-            )
-            # One TLS policy for every provider: ca_bundle only, never REQUESTS_CA_BUNDLE,
-            # SSL_CERT_FILE, proxies or .netrc from the environment.
-            client.session.trust_env = False
-            self._local.client = client
+            # Built one at a time, process-wide: DAVClient's constructor fills a class-level
+            # feature table of the caldav library lazily, which is not thread-safe (seen:
+            # KeyError 'http' in compatibility_hints.find_feature when a run's first
+            # requests start together in several threads).
+            with _CONSTRUCTION:
+                client = caldav.DAVClient(
+                    url=s.server_root,
+                    username=s.username,
+                    password=password,
+                    auth_type=s.auth_type,
+                    timeout=s.timeout_seconds,
+                    ssl_verify_cert=s.ca_bundle or True,
+                    enable_rfc6764=False,
+                    rate_limit_handle=False,
+                )
+                # One TLS policy for every provider: ca_bundle only, never REQUESTS_CA_BUNDLE,
+                # SSL_CERT_FILE, proxies or .netrc from the environment.
+                client.session.trust_env = False
             with self._lock:
                 self._clients.append(client)
+            self._local.client = client
         return client
 
     def request(

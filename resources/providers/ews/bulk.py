@@ -158,15 +158,16 @@ class MailboxWriter:
             results += [ChangeResult(c, ok=False, error=str(error)) for c in pending]
         except MailboxUnavailable as error:
             self.unavailable = str(error)
-            if error.gone and op == "delete":
-                # The address names no mailbox of its own any more (deleted, or renamed with or
-                # without keeping it as a proxy): its events went with it, or are reached by
-                # the primary address, where a create adopts them. The delete is done.
-                log.info("deletes in %s done: %s", self.calendar, error)
-                return results + [ChangeResult(c, ok=True) for c in pending]
-            results += [
-                ChangeResult(c, ok=False, permanent=True, error=str(error)) for c in pending
-            ]
+            for c in pending:
+                # No mailbox (deleted, renamed without keeping the address): its events went
+                # with it. A proxy of the mailbox a move goes to: the create there adopts the
+                # event. Either way the delete is done.
+                done = op == "delete" and (error.gone or (error.alias and bool(c.moving_to)))
+                results.append(
+                    ChangeResult(c, ok=True)
+                    if done
+                    else ChangeResult(c, ok=False, permanent=True, error=str(error))
+                )
         except ews_errors.ResponseMessageError as error:
             # A definite refusal of the whole request (schema, restriction): no retry helps.
             results += [

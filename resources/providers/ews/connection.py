@@ -304,8 +304,11 @@ class EwsConnection:
                     "Exchange release the server runs, or leave it out to ask the server"
                 ) from None
             except MAILBOX_ERRORS as error:
-                gone = isinstance(error, MAILBOX_GONE)
-                raise MailboxUnavailable(mailbox_reason(calendar, error), gone) from None
+                raise MailboxUnavailable(
+                    mailbox_reason(calendar, error),
+                    gone=isinstance(error, MAILBOX_GONE),
+                    alias=isinstance(error, ews_errors.ErrorNonPrimarySmtpAddress),
+                ) from None
             except ews_errors.RateLimitError as error:
                 raise GaveUp(
                     f"Exchange is throttling: it asked to wait {error.wait:.0f}s, more than "

@@ -39,10 +39,8 @@ MAILBOX_ERRORS = (
     ews_errors.ErrorInvalidSmtpAddress,
     ews_errors.ErrorNonPrimarySmtpAddress,
 )
-# ... of which these say the address no longer names a mailbox of its own: it names none
-# (renamed without keeping it, deleted), or it is a proxy address of another mailbox (a rename
-# keeps the old address so), which the create halves of a move reach by the primary address.
-MAILBOX_GONE = (ews_errors.ErrorNonExistentMailbox, ews_errors.ErrorNonPrimarySmtpAddress)
+# ... of which this says the address names no mailbox (renamed without keeping it, deleted).
+MAILBOX_GONE = (ews_errors.ErrorNonExistentMailbox,)
 # Per-item answers of a batch.
 ITEM_GONE = (ews_errors.ErrorItemNotFound,)
 # The ChangeKey we sent is not the item's current one (ItemId, ResponseCode pages).
@@ -71,12 +69,13 @@ ITEM_TRANSIENT = (
 class MailboxUnavailable(Exception):
     """This calendar cannot be written (no mailbox, impersonation denied): its changes fail.
 
-    ``gone``: the address names no mailbox of its own any more; a delete there is done.
+    ``gone``: the address names no mailbox any more, a delete there is done; ``alias``: it is
+    a proxy address of another mailbox, a move's delete there is done (the create adopts).
     """
 
-    def __init__(self, message: str, gone: bool = False) -> None:
+    def __init__(self, message: str, gone: bool = False, alias: bool = False) -> None:
         super().__init__(message)
-        self.gone = gone
+        self.gone, self.alias = gone, alias
 
 
 class GaveUp(Exception):
