@@ -62,9 +62,10 @@ def ics_events(home: Path, email: str) -> dict[str, tuple[str, str]]:
     feeds are replaced atomically, so a new version has a new inode or mtime)."""
     from icalendar import Calendar
 
-    from resources.providers.ics import feed_file_name
+    from resources.providers.ics import IcsProvider
 
-    path = home / "feeds" / "feeds" / feed_file_name(email)
+    feeds = IcsProvider("feeds", IcsProvider.Settings(directory=str(home / "feeds" / "feeds")))
+    path = feeds.path_for(email)  # <email>.ics, or its private name with LEAVESYNC_FEED_KEY
     try:
         stat = path.stat()
     except OSError:

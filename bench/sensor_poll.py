@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -129,6 +130,7 @@ def main() -> int:
         result[shape] = measure(cfg, engine, args.ticks)
         print(f"  {result[shape]}", flush=True)
     engine.dispose()
+    shutil.rmtree(root, ignore_errors=True)
     result["load_average_after"] = round(os.getloadavg()[0], 1)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
