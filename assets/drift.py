@@ -557,12 +557,13 @@ def _delete_copies(
         (c.event_key, c.calendar, c.provider_event_id): i
         for c, i in zip(changes, rows.index, strict=True)
     }
-    done = set()
+    done, settled = set(), []
     try:
         for result in provider.apply(changes):
             c = result.change
             if result.ok:
                 done.add(position[(c.event_key, c.calendar, c.provider_event_id)])
+                settled.append((c.event_key, c.calendar))
             else:
                 state.record_failure(run_id, target, result)
                 log.warning(
@@ -570,6 +571,8 @@ def _delete_copies(
                 )
     except FatalProviderError as err:
         raise Failure(description=f"target {target}: {err}") from err
+    finally:
+        state.resolve_intents(target, settled)  # what a killed create left is settled now
     return done
 
 

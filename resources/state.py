@@ -387,6 +387,27 @@ class StateStore(ConfigurableResource):
         self.register_calendars(target, {(c.legal_entity, c.calendar) for c in creates})
         return {(c.event_key, c.calendar): found[(c.event_key, c.calendar)] for c in creates}
 
+    def resolve_intents(self, target: str, pairs: Iterable[tuple[str, str]]) -> None:
+        """Forget the create intents of these (event_key, calendar) pairs.
+
+        For what drift settles outside the snapshot: a create killed before its snapshot row
+        whose leave HR then cancelled leaves an event and an intent that no later diff names;
+        drift deletes the event as stale and, here, the intent with it.
+        """
+        keys = [{"b_key": k, "b_calendar": c} for k, c in dict.fromkeys(pairs)]
+        if not keys:
+            return
+        i = create_intents_table
+        with self._begin("resolving create intents") as conn:
+            conn.execute(
+                sa.delete(i).where(
+                    i.c.target == target,
+                    i.c.event_key == sa.bindparam("b_key"),
+                    i.c.calendar == sa.bindparam("b_calendar"),
+                ),
+                keys,
+            )
+
     def unresolved_intents(self, target: str | None = None) -> pd.DataFrame:
         stmt = sa.select(create_intents_table)
         if target:
