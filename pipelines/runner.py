@@ -51,7 +51,7 @@ DEMO_RUN_QUEUE = """run_coordinator:
 """
 
 
-_RELAXED_HOMES: set[str] = set()
+_RELAXED_HOMES: dict[str, str] = {}  # instance folder -> synchronous level
 
 
 def _relaxed_sqlite_sync(home: Path) -> None:
@@ -66,25 +66,28 @@ def _relaxed_sqlite_sync(home: Path) -> None:
     folder is rebuilt by the next sync. PostgreSQL storage (deploy/, production) is not
     affected. LEAVESYNC_DAGSTER_SQLITE_SYNC=FULL (or NORMAL) keeps SQLite's syncing.
     """
-    root = str(home)
     level = os.environ.get("LEAVESYNC_DAGSTER_SQLITE_SYNC", "OFF").upper()
-    if root in _RELAXED_HOMES or level not in ("OFF", "NORMAL"):
+    if level not in ("OFF", "NORMAL"):
         return
     import sqlalchemy as sa
 
-    def on_connect(dbapi_connection, _record) -> None:
-        if type(dbapi_connection).__module__ != "sqlite3":
-            return
-        cursor = dbapi_connection.cursor()
-        try:
-            files = [row[2] or "" for row in cursor.execute("PRAGMA database_list")]
-            if any(f.startswith(root + os.sep) for f in files):
-                cursor.execute(f"PRAGMA synchronous={level}")
-        finally:
-            cursor.close()
+    if not _RELAXED_HOMES:  # one listener for the process, whatever the number of folders
+        sa.event.listen(sa.pool.Pool, "connect", _on_sqlite_connect)
+    _RELAXED_HOMES[str(home) + os.sep] = level
 
-    sa.event.listen(sa.pool.Pool, "connect", on_connect)
-    _RELAXED_HOMES.add(root)
+
+def _on_sqlite_connect(dbapi_connection, _record) -> None:
+    if type(dbapi_connection).__module__ != "sqlite3":
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        files = [row[2] or "" for row in cursor.execute("PRAGMA database_list")]
+        for root, level in _RELAXED_HOMES.items():
+            if any(f.startswith(root) for f in files):
+                cursor.execute(f"PRAGMA synchronous={level}")
+                break
+    finally:
+        cursor.close()
 
 
 def ensure_instance_settings(settings: Path) -> None:
