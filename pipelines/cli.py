@@ -347,11 +347,15 @@ def report(runs, dry_run: bool = False) -> int:
             file=sys.stderr,
         )
     elif code != OK:
-        print(
-            "not reconciled: "
-            + ("every extracted leave was quarantined" if runs else "no legal entity was run"),
-            file=sys.stderr,
-        )
+        failed = sum(int(r.counts()["failed"]) for r in runs)
+        not_applied = sum(int(r.not_applied()) for r in runs)
+        if failed or not_applied:
+            cause = f"{failed} change(s) failed, {not_applied} not applied (see the summary)"
+        elif runs:
+            cause = "every extracted leave was quarantined"
+        else:
+            cause = "no legal entity was run"
+        print("not reconciled: " + cause, file=sys.stderr)
     return code
 
 
