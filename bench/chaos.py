@@ -591,6 +591,12 @@ GOALS = [
     ),
     ("  faults injected", lambda r: r["faults"]["faults_injected"], None, "~30%"),
     (
+        "  changes sent again (all targets of the run)",
+        lambda r: r["faults"].get("world_sent_again", "-"),
+        None,
+        "info",
+    ),
+    (
         "  failed (runs + changes)",
         lambda r: r["faults"]["failed_runs"] + r["faults"]["failed_changes"],
         0,
