@@ -1,9 +1,12 @@
-"""Runs the pipeline's logic without Dagster (fast tests), and reads .ics feeds back."""
+"""Runs the pipeline's logic without Dagster (fast tests), and reads what a run left."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import sqlite3
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +67,20 @@ class Pipeline:
         if result.refused:
             return result, None
         return result, apply_diff(result, self.settings.provider, self.state, uuid.uuid4().hex)
+
+
+def sqlite_values(path: Path) -> list[bytes]:
+    """Every value of every table of a SQLite file; zlib blobs (Dagster's snapshots) inflated."""
+    values: list[bytes] = []
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):
+                for value in row:
+                    if isinstance(value, bytes):
+                        with contextlib.suppress(zlib.error):
+                            value = zlib.decompress(value)
+                        values.append(value)
+                    elif value is not None:
+                        values.append(str(value).encode())
+    return values
