@@ -15,9 +15,14 @@ import pytest
 from assets.drift import measure_drift
 from resources.providers.base import EventPayload, changed_fields
 from resources.providers.ews.mapping import KEY_PROPERTY
-from resources.state import StateStore
 from tests.emulators.ews import EwsEmulator
-from tests.harness import Pipeline, make_config, scope
+from tests.harness import (
+    Pipeline,
+    fail_first_snapshot_write,
+    make_config,
+    scope,
+    wanted_keys,
+)
 
 D = dt.date(2026, 3, 2)
 PASSWORD_ENV = "LEAVESYNC_TEST_EWS_PASSWORD"
@@ -74,14 +79,6 @@ def live_keys(emulator: EwsEmulator) -> Counter:
         for item in emulator.items(user)
         if item.extended_value(KEY_PROPERTY)
     )
-
-
-def wanted_keys(hr) -> set[str]:
-    with hr.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT id FROM leaves WHERE status IN ('pending', 'approved')"
-        ).fetchall()
-    return {f"leave-{r[0]}" for r in rows}
 
 
 def created_items(emulator: EwsEmulator, since: int = 0) -> int:
@@ -174,16 +171,7 @@ def test_older_state_store_restored_then_hr_edits_no_duplicates(home, hr, exchan
 def test_crash_between_create_and_snapshot_then_hr_edits(home, hr, exchange, monkeypatch):
     ids = seed(hr)
     cfg = make_config(home, hr.url, targets=[target(exchange)])
-    record = StateStore.record_changes
-    crashed = []
-
-    def crash_once(self, *args, **kwargs):
-        if not crashed:
-            crashed.append(True)
-            raise RuntimeError("killed before the snapshot was written")
-        return record(self, *args, **kwargs)
-
-    monkeypatch.setattr(StateStore, "record_changes", crash_once)
+    fail_first_snapshot_write(monkeypatch)
     with pytest.raises(RuntimeError, match="killed"):
         sync(Pipeline(cfg))
     # Written to Exchange, unknown to the snapshot.

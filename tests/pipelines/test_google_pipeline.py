@@ -11,9 +11,14 @@ from collections import Counter
 import pytest
 
 from resources.providers.base import EventPayload, changed_fields
-from resources.state import StateStore
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
-from tests.harness import Pipeline, make_config, scope
+from tests.harness import (
+    Pipeline,
+    fail_first_snapshot_write,
+    make_config,
+    scope,
+    wanted_keys,
+)
 
 D = dt.date(2026, 3, 2)
 KEY_ENV = "LEAVESYNC_TEST_GOOGLE_KEY"
@@ -71,14 +76,6 @@ def live_keys(emulator: GoogleCalendarEmulator) -> Counter:
         for user in EMPLOYEES.values()
         for e in emulator.events(user)
     )
-
-
-def wanted_keys(hr) -> set[str]:
-    with hr.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT id FROM leaves WHERE status IN ('pending', 'approved')"
-        ).fetchall()
-    return {f"leave-{r[0]}" for r in rows}
 
 
 def assert_calendars_match(p: Pipeline, emulator: GoogleCalendarEmulator, hr, stale=()) -> None:
@@ -154,16 +151,7 @@ def test_crash_between_create_and_snapshot_then_hr_edits(home, hr, google, monke
     ids = seed(hr)
     cfg = make_config(home, hr.url, targets=[target(google)])
 
-    record = StateStore.record_changes
-    crashed = []
-
-    def crash_once(self, *args, **kwargs):
-        if not crashed:
-            crashed.append(True)
-            raise RuntimeError("killed before the snapshot was written")
-        return record(self, *args, **kwargs)
-
-    monkeypatch.setattr(StateStore, "record_changes", crash_once)
+    fail_first_snapshot_write(monkeypatch)
     with pytest.raises(RuntimeError, match="killed"):
         sync(Pipeline(cfg))
     assert sum(live_keys(google).values()) == 24  # written, but the snapshot knows nothing
