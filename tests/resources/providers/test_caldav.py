@@ -19,7 +19,6 @@ from tests.servers.caldav_servers import (
     SERVICE_PASSWORD,
     SERVICE_USER,
     RadicaleServer,
-    XandikosServer,
 )
 from tests.servers.fault_proxy import Fault, FaultProxy
 from tests.servers.icalendar_rules import problems
@@ -48,13 +47,6 @@ def radicale_https(tmp_path_factory, pki):
 def radicale_http(tmp_path_factory):
     users = [f"u{i}@example.com" for i in range(1, 200)]
     server = RadicaleServer(tmp_path_factory.mktemp("radicale-http"), users)
-    yield server.start()
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def xandikos(tmp_path_factory):
-    server = XandikosServer(tmp_path_factory.mktemp("xandikos"))
     yield server.start()
     server.stop()
 
