@@ -16,18 +16,10 @@ from assets.drift import measure_drift
 from resources.providers.base import EventPayload, changed_fields
 from resources.providers.ews.mapping import KEY_PROPERTY
 from tests.emulators.ews import EwsEmulator
-from tests.harness import (
-    Pipeline,
-    fail_first_snapshot_write,
-    make_config,
-    scope,
-    wanted_keys,
-)
+from tests.harness import Pipeline, fail_first_snapshot_write, make_config, wanted_keys
+from tests.pipelines.eight_employees import EMPLOYEES, SCOPES, D, seed, sync
 
-D = dt.date(2026, 3, 2)
 PASSWORD_ENV = "LEAVESYNC_TEST_EWS_PASSWORD"
-EMPLOYEES = {i: f"emp{i}@example.com" for i in range(1, 9)}
-SCOPES = [scope("FR", D, D + dt.timedelta(days=40)), scope("US", D, D + dt.timedelta(days=40))]
 
 
 @pytest.fixture
@@ -50,25 +42,6 @@ def target(emulator: EwsEmulator) -> dict:
             "backoff_cap": 0.2,
         },
     }
-
-
-def seed(hr) -> list[int]:
-    """Eight employees in two entities; whole days, half days (timed), pending ones."""
-    for i, email in EMPLOYEES.items():
-        hr.employee(i, "FR" if i <= 4 else "US", email)
-    ids = []
-    for i in EMPLOYEES:
-        day = D + dt.timedelta(days=i)
-        ids.append(hr.leave(i, day, day + dt.timedelta(days=1)))
-        ids.append(hr.leave(i, day + dt.timedelta(days=10), start_half="PM"))
-        ids.append(hr.leave(i, day + dt.timedelta(days=12), status="pending", end_half="AM"))
-    return ids
-
-
-def sync(p: Pipeline) -> dict:
-    result, outcome = p.sync(SCOPES)
-    assert outcome is not None and not outcome.failed, outcome and outcome.failed
-    return result.diff.counts()[["create", "update", "delete"]].sum().to_dict()
 
 
 def live_keys(emulator: EwsEmulator) -> Counter:

@@ -12,17 +12,10 @@ import pytest
 
 from resources.providers.base import EventPayload, changed_fields
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
-from tests.harness import (
-    Pipeline,
-    fail_first_snapshot_write,
-    make_config,
-    scope,
-    wanted_keys,
-)
+from tests.harness import Pipeline, fail_first_snapshot_write, make_config, wanted_keys
+from tests.pipelines.eight_employees import EMPLOYEES, D, seed, sync
 
-D = dt.date(2026, 3, 2)
 KEY_ENV = "LEAVESYNC_TEST_GOOGLE_KEY"
-EMPLOYEES = {i: f"emp{i}@example.com" for i in range(1, 9)}
 
 
 @pytest.fixture
@@ -48,26 +41,6 @@ def target(emulator: GoogleCalendarEmulator, **settings) -> dict:
             **settings,
         },
     }
-
-
-def seed(hr) -> list[int]:
-    """Eight employees in two entities; whole days, half days (timed), pending ones."""
-    for i, email in EMPLOYEES.items():
-        hr.employee(i, "FR" if i <= 4 else "US", email)
-    ids = []
-    for i in EMPLOYEES:
-        day = D + dt.timedelta(days=i)
-        ids.append(hr.leave(i, day, day + dt.timedelta(days=1)))
-        ids.append(hr.leave(i, day + dt.timedelta(days=10), start_half="PM"))
-        ids.append(hr.leave(i, day + dt.timedelta(days=12), status="pending", end_half="AM"))
-    return ids
-
-
-def sync(p: Pipeline):
-    span = (D, D + dt.timedelta(days=40))
-    result, outcome = p.sync([scope("FR", *span), scope("US", *span)])
-    assert outcome is not None and not outcome.failed, outcome and outcome.failed
-    return result.diff.counts()[["create", "update", "delete"]].sum().to_dict()
 
 
 def live_keys(emulator: GoogleCalendarEmulator) -> Counter:
