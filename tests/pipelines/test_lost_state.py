@@ -13,14 +13,11 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from icalendar import Calendar
@@ -28,7 +25,8 @@ from icalendar import Calendar
 from assets.drift import measure_drift
 from resources.providers.base import EventPayload, changed_fields
 from resources.providers.ics import KEY_PROP, feed_file_name
-from tests.harness import Pipeline, make_config, scope
+from resources.state import StateStore
+from tests.harness import Pipeline, make_config, scope, sync_in_subprocess
 
 D = dt.date.today() + dt.timedelta(days=3)
 END = D + dt.timedelta(days=60)
@@ -300,45 +298,22 @@ def test_older_state_store_restored_then_hr_edits_what_it_does_not_know(home, hr
     assert sync(p).diff.changes.empty
 
 
-KILLED_DURING_APPLY = textwrap.dedent(
-    """
-    import datetime as dt, json, os, signal, sys
-    from resources.config import parse_config
-    from resources.state import StateStore
-    from tests.harness import Pipeline, scope
-
+def record_half_then_die() -> None:
+    """In the killed run: every change of a batch is in the calendar; only the first half
+    reaches the snapshot before SIGKILL (the rest: written, unrecorded, intents open)."""
     original = StateStore.record_changes
 
-    def record_half_then_die(self, target, rows, run_id):
-        # Every change of this batch is in the calendar; only the first half reaches the
-        # snapshot before the process is killed (the rest: written, unrecorded, intents open).
+    def record_half(self, target, rows, run_id):
         original(self, target, rows[: len(rows) // 2], run_id)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    StateStore.record_changes = record_half_then_die
-    cfg = parse_config(json.loads(open(sys.argv[1]).read()), "killed run")
-    start, end = (dt.date.fromisoformat(a) for a in sys.argv[2:4])
-    Pipeline(cfg).sync([scope("FR", start, end), scope("US", start, end)])
-    """
-)
+    StateStore.record_changes = record_half
 
 
 def test_killed_during_apply_then_hr_edits(home, hr, target):
     ids = seed(hr)
     cfg = make_config(home, hr.url, targets=[target.config])
-    config = home / "killed.json"
-    config.write_text(cfg.model_dump_json())
-    script = home / "killed.py"
-    script.write_text(KILLED_DURING_APPLY)
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, str(script), str(config), D.isoformat(), END.isoformat()],
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = sync_in_subprocess(cfg, SCOPES, record_half_then_die, timeout=600)
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert sum(target.held().values()) > 0  # it was killed after writing
     p = Pipeline(cfg)
