@@ -308,7 +308,8 @@ class HRDatabase(ConfigurableResource):
         try:
             with guarded("HR", self.resolved_url(), what), engine.connect() as conn:
                 result = conn.execute(stmt, params)
-                return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+                # Plain tuples: pandas probes SQLAlchemy rows for attributes, slowly.
+                return pd.DataFrame(list(map(tuple, result)), columns=list(result.keys()))
         except DatabaseError as err:
             if not self.query and _missing_table(err.reason):
                 reason = f"{err.reason} (the default query reads the tables {_REFERENCE_TABLES}; map another schema with hr.query)"
