@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from resources.config import EventRules, TargetConfig
 from resources.providers.base import (
@@ -73,7 +75,8 @@ def team_calendars(leaves: pd.DataFrame, target: TargetConfig) -> pd.Series:
     if team.calendar:
         calendar = calendar.where(calendar.notna(), team.calendar)
     if target.type == "ics":
-        named = calendar.where(calendar.notna(), group.map(_feed_name, na_action="ignore"))
+        feeds = {g: _feed_name(g) for g in pd.unique(group.dropna())}  # per group, not per row
+        named = calendar.where(calendar.notna(), group.map(feeds, na_action="ignore"))
         return ("teams/" + named).where(named.notna(), None)
     return calendar.astype(object).where(calendar.notna(), None)
 
@@ -199,13 +202,13 @@ def canonical_texts(events: pd.DataFrame) -> pd.Series:
     for name in FINGERPRINT_FIELDS:
         col = events[name]
         if col.dtype == bool:
-            parts.append(col.map({True: "1", False: "0"}).astype(str))
+            part = col.map({True: "1", False: "0"}).astype(str)
         else:
-            parts.append(col.fillna("").astype(str))
-    text = parts[0]
-    for part in parts[1:]:
-        text = text + "\x1f" + part
-    return text
+            part = col.fillna("").astype(str)
+        parts.append(pa.array(part.to_numpy(dtype=object), type=pa.string()))
+    # Joined in Arrow: pandas concatenates its Python-backed strings one pair at a time.
+    text = pc.binary_join_element_wise(*parts, "\x1f")
+    return pd.Series(text.to_numpy(zero_copy_only=False), index=events.index, dtype=object)
 
 
 def fingerprints(events: pd.DataFrame) -> np.ndarray:

@@ -34,7 +34,6 @@ import yaml
 from tests.servers.dagster_stack import BIN, DagsterStack, instance_yaml, sensor_cursor, stack_env
 
 RESULTS = Path(__file__).parent / "results"
-KEY_ENV = "LEAVESYNC_BENCH_GOOGLE_KEY"
 PG_ADMIN = os.environ.get("LEAVESYNC_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 KINDS = {"approve": 0.25, "cancel": 0.2, "move": 0.2, "new": 0.25, "opt_out": 0.1}
 KEY = "leave-{}"
@@ -314,7 +313,7 @@ def main() -> int:
     home, dagster_home = root / "home", root / "dagster"
     home.mkdir()
     dagster_home.mkdir()
-    emulator = None
+    google = emulator = None
     pg_db = None
     stack = None
     load_before = os.getloadavg()
@@ -330,29 +329,17 @@ def main() -> int:
                 config["realtime"] = {"poll_seconds": args.poll_seconds}
         env_extra = {}
         if args.google:
-            from tests.emulators.google_calendar import (
-                GoogleCalendarEmulator,
-                make_service_account,
-            )
+            from tests.live_targets import LiveGoogle
 
             with hr_engine.connect() as conn:
                 users = {r[0] for r in conn.execute(sa.text("SELECT email FROM employees"))}
-            info, public_key = make_service_account()
-            emulator = GoogleCalendarEmulator(info["client_email"], public_key, users - {None})
-            emulator.start()
-            env_extra[KEY_ENV] = json.dumps(info)
-            config["targets"].append(
-                {
-                    "name": "workspace",
-                    "type": "google",
-                    "settings": {
-                        "service_account_key_env": KEY_ENV,
-                        "api_base_url": emulator.base_url,
-                        "token_uri": emulator.token_uri,
-                        "out_of_office": True,
-                    },
-                }
-            )
+            google = LiveGoogle().start(sorted(users - {None}), "latency-" + uuid.uuid4().hex[:8])
+            emulator = google.emulator
+            env_extra.update(google.env())
+            workspace = google.target()
+            workspace["name"] = "workspace"
+            workspace["settings"]["out_of_office"] = True
+            config["targets"].append(workspace)
         config_path = None
         if config is not None:
             config_path = home / "leavesync.yaml"
@@ -482,8 +469,8 @@ def main() -> int:
     finally:
         if stack is not None:
             stack.stop()
-        if emulator is not None:
-            emulator.stop()
+        if google is not None:
+            google.stop()
         if pg_db:
             admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:

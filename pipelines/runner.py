@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -448,11 +449,15 @@ def _execute(
     return run
 
 
-_RUN_INSTANCES: dict[str, object] = {}
+# The instances kept, the most recently used last. A CLI or worker process uses one
+# DAGSTER_HOME; a test process hundreds in turn, and each open instance holds its storages
+# (on PostgreSQL, a pool of connections): the oldest beyond these few are disposed.
+KEPT_RUN_INSTANCES = 4
+_RUN_INSTANCES: OrderedDict[str, object] = OrderedDict()
 
 
 def run_instance():
-    """This process's Dagster instance for its runs, opened once and kept.
+    """This process's Dagster instance for its runs: one per DAGSTER_HOME, the last few kept open.
 
     On PostgreSQL storage Dagster's storages open a new connection per statement by default
     (NullPool, right for short-lived callers); a run writes ~40 events and reads its run back
@@ -464,11 +469,17 @@ def run_instance():
     from dagster import DagsterInstance
 
     home = os.environ.get("DAGSTER_HOME", "")
-    if home not in _RUN_INSTANCES:
-        instance = DagsterInstance.get()
-        instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=4)
-        _RUN_INSTANCES[home] = instance
-    return _RUN_INSTANCES[home]
+    instance = _RUN_INSTANCES.get(home)
+    if instance is not None:
+        _RUN_INSTANCES.move_to_end(home)
+        return instance
+    instance = DagsterInstance.get()
+    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=4)
+    _RUN_INSTANCES[home] = instance
+    while len(_RUN_INSTANCES) > KEPT_RUN_INSTANCES:
+        _, oldest = _RUN_INSTANCES.popitem(last=False)
+        oldest.dispose()
+    return instance
 
 
 def _as_code_location_run(instance, job_name: str) -> None:

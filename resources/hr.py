@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import re
+import threading
 from collections.abc import Sequence
 from operator import methodcaller
 
@@ -147,6 +149,15 @@ class HRDatabase(ConfigurableResource):
     def _has_team_column(self) -> bool:
         """False in a reference database created before employees had a team."""
         if self._has_team is None:
+            # An empty SELECT first: the resource is built anew for each run, and reflecting
+            # the table costs several catalog queries (~0.15 s a run on PostgreSQL).
+            try:
+                with self.engine().connect() as conn:
+                    conn.execute(sa.text("SELECT team FROM employees WHERE 1 = 0")).close()
+                self._has_team = True
+                return True
+            except sa.exc.SQLAlchemyError:
+                pass
             try:
                 columns = sa.inspect(self.engine()).get_columns("employees")
                 self._has_team = any(c["name"].lower() == "team" for c in columns)
@@ -240,38 +251,38 @@ class HRDatabase(ConfigurableResource):
     def _read_arrow(
         self, stmt: sa.TextClause, params: dict[str, object], what: str
     ) -> pd.DataFrame | None:
-        """The rows through ADBC, or None where the SQLAlchemy path must do (a value it
-        cannot bind as a literal)."""
+        """The rows through ADBC, the values bound as $1, $2, ...; None where the SQLAlchemy
+        path must do (a column of a type this path does not convert as psycopg would)."""
         import adbc_driver_postgresql.dbapi as adbc
 
         engine = self.engine()
-        typed = {k: v for k, v in params.items()}
         try:
-            sql = str(
-                stmt.bindparams(
-                    *(
-                        sa.bindparam(k, type_=sa.Date)
-                        if isinstance(v, dt.date)
-                        else sa.bindparam(k, expanding=isinstance(v, list))
-                        for k, v in typed.items()
-                    )
-                )
-                .bindparams(**typed)
-                .compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+            compiled = stmt.bindparams(**params).compile(
+                dialect=_numbered_dialect(), compile_kwargs={"render_postcompile": True}
             )
         except sa.exc.CompileError:
             return None
+        values = [compiled.params[name] for name in compiled.positiontup or ()]
         uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        try:
-            with adbc.connect(uri) as conn, conn.cursor() as cursor:
-                cursor.execute(sql)
-                table = cursor.fetch_arrow_table()
-        except adbc.Error as err:
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise HRExtractError(
-                f"HR database ({engine.url.render_as_string(hide_password=True)}): "
-                f"{what} failed: {detail}"
-            ) from err
+        for attempt in range(2):
+            kept = attempt == 0 and _ADBC.kept(uri)
+            try:
+                with _ADBC.connection(uri, fresh=attempt > 0).cursor() as cursor:
+                    cursor.execute(compiled.string, values or None)
+                    table = cursor.fetch_arrow_table()
+                break
+            except adbc.NotSupportedError:
+                return None
+            except adbc.Error as err:
+                if kept:  # the server may have closed a kept connection: once more, anew
+                    continue
+                detail = (
+                    str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                )
+                raise HRExtractError(
+                    f"HR database ({engine.url.render_as_string(hide_password=True)}): "
+                    f"{what} failed: {detail}"
+                ) from err
         return _arrow_frame(table)
 
     def leaves_by_id(self, leave_ids: Sequence[str]) -> pd.DataFrame:
@@ -297,7 +308,8 @@ class HRDatabase(ConfigurableResource):
         try:
             with guarded("HR", self.resolved_url(), what), engine.connect() as conn:
                 result = conn.execute(stmt, params)
-                return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+                # Plain tuples: pandas probes SQLAlchemy rows for attributes, slowly.
+                return pd.DataFrame(list(map(tuple, result)), columns=list(result.keys()))
         except DatabaseError as err:
             if not self.query and _missing_table(err.reason):
                 reason = f"{err.reason} (the default query reads the tables {_REFERENCE_TABLES}; map another schema with hr.query)"
@@ -492,15 +504,115 @@ def changed_at_value(value: object) -> dt.datetime | None:
         return None
 
 
-def _arrow_frame(table) -> pd.DataFrame:
-    """An Arrow table as the frame the SQLAlchemy path gives: Python dates, times, integers."""
-    import pyarrow as pa
+class _AdbcConnections:
+    """Each thread keeps its last ADBC connection: connecting reads the server's type
+    catalogue (~0.1 s), and the resource is built anew for each run. One per thread, so a
+    process reading many databases (tests) holds no pile of them; autocommit, so a kept
+    connection holds no transaction open between extracts."""
 
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: set = set()
+        self._lock = threading.Lock()
+
+    def kept(self, uri: str) -> bool:
+        return getattr(self._local, "uri", None) == uri
+
+    def connection(self, uri: str, fresh: bool = False):
+        import adbc_driver_postgresql.dbapi as adbc
+
+        if fresh or not self.kept(uri):
+            old = getattr(self._local, "conn", None)
+            self._local.conn = self._local.uri = None
+            if old is not None:
+                self._close(old)
+            conn = adbc.connect(uri, autocommit=True)
+            with self._lock:
+                self._all.add(conn)
+            self._local.conn, self._local.uri = conn, uri
+        return self._local.conn
+
+    def _close(self, conn) -> None:
+        with self._lock:
+            self._all.discard(conn)
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - a connection the server already dropped
+            pass
+
+    def close_all(self) -> None:
+        for conn in list(self._all):
+            self._close(conn)
+
+
+_ADBC = _AdbcConnections()
+atexit.register(_ADBC.close_all)
+
+
+def _numbered_dialect():
+    """PostgreSQL with $1, $2, ... placeholders, as the server (and ADBC) number them."""
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    return PGDialect_psycopg(paramstyle="numeric_dollar")
+
+
+# PostgreSQL types whose Arrow values convert here to what psycopg's give normalise_extract.
+_ARROW_TYPES = frozenset(
+    {"int2", "int4", "int8", "text", "varchar", "bpchar", "bool", "date", "time", "timestamp"}
+)
+# Columns normalise_extract reads as text: integers become their decimal text in Arrow.
+_TEXT_COLUMNS = frozenset(
+    {
+        "leave_id",
+        "employee_id",
+        "employee_email",
+        "employee_name",
+        "legal_entity",
+        "timezone",
+        "leave_type",
+        "leave_type_name",
+        "status",
+        "start_half",
+        "end_half",
+        "team",
+    }
+)
+
+
+def _arrow_frame(table) -> pd.DataFrame | None:
+    """An Arrow table as normalise_extract's input: dates, times, timestamps and the integers
+    of text columns converted column-wise to the text their Python objects become there
+    ('YYYY-MM-DD', 'HH:MM:SS.ffffff', str(datetime), digits) and kept in Arrow, so the
+    string methods run column-wise; the database's own text as Python strings, as the
+    SQLAlchemy path has it. None when a column has a type this does not convert."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    converted: dict[str, pa.ChunkedArray] = {}
+    for field, column in zip(table.schema, table.columns, strict=True):
+        typname = (field.metadata or {}).get(b"POSTGRESQL:type", b"").decode()
+        if typname not in _ARROW_TYPES and not pa.types.is_null(field.type):
+            return None
+        kind = field.type
+        if pa.types.is_date32(kind) or pa.types.is_time64(kind):
+            converted[field.name] = column.cast(pa.string())
+        elif pa.types.is_timestamp(kind):
+            if kind.tz is not None:
+                return None
+            text = column.cast(pa.string())  # 'YYYY-MM-DD HH:MM:SS.ffffff'
+            whole = pc.equal(pc.subsecond(column), 0)  # str(datetime) drops a zero fraction
+            converted[field.name] = pc.if_else(whole, pc.utf8_slice_codeunits(text, 0, 19), text)
+        elif pa.types.is_integer(kind) and field.name in _TEXT_COLUMNS:
+            converted[field.name] = column.cast(pa.string())
     integers = {pa.int8(), pa.int16(), pa.int32(), pa.int64()}
-    return table.to_pandas(
-        date_as_object=True,
-        types_mapper=lambda t: pd.Int64Dtype() if t in integers else None,
+    frame = table.drop_columns(list(converted)).to_pandas(
+        types_mapper=lambda t: pd.Int64Dtype() if t in integers else None
     )
+    arrow_text = pd.StringDtype("pyarrow", na_value=np.nan)
+    for name, column in converted.items():
+        frame[name] = column.to_pandas(types_mapper=lambda _: arrow_text)
+    return frame[table.column_names]
 
 
 _TIME_TEXT = r"^\d{2}:\d{2}:\d{2}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import sqlalchemy as sa
@@ -99,3 +101,58 @@ def mariadb_url() -> Iterator[str]:
     url, drop = _isolated_schema_url(engine, MARIADB_URL, "mariadb")
     yield url
     drop()
+
+
+@pytest.fixture(scope="module")
+def xandikos(tmp_path_factory):
+    """A Xandikos CalDAV server, one per test module."""
+    from tests.servers.caldav_servers import XandikosServer
+
+    server = XandikosServer(tmp_path_factory.mktemp("xandikos"))
+    yield server.start()
+    server.stop()
+
+
+@dataclass(frozen=True)
+class PostgresRole:
+    """A login role with a password, allowed to use and create in a throw-away schema."""
+
+    admin: sa.Engine  # the superuser's engine on that schema
+    schema: str
+    name: str
+    password: str
+
+    def url(self, user: str = "") -> str:
+        """The URL of this role (or of ``user``, with this password), password included."""
+        return (
+            sa.make_url(POSTGRES_URL)
+            .set(username=user or self.name, password=self.password)
+            .update_query_dict({"options": f"-csearch_path={self.schema}"})
+            .render_as_string(hide_password=False)
+        )
+
+
+@pytest.fixture
+def postgres_role_password() -> str:
+    """The password of ``postgres_role`` (a module overrides it to make it recognisable)."""
+    return "pw-" + secrets.token_urlsafe(18)
+
+
+@pytest.fixture
+def postgres_role(postgres_url, postgres_role_password) -> Iterator[PostgresRole]:
+    """A login role with a password on the throw-away schema; dropped afterwards."""
+    admin = sa.create_engine(postgres_url)
+    schema = sa.make_url(postgres_url).query["options"].split("=", 1)[1]
+    role = PostgresRole(admin, schema, f"ls_role_{uuid.uuid4().hex[:8]}", postgres_role_password)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role.name} LOGIN PASSWORD '{role.password}'"))
+        conn.execute(sa.text(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO {role.name}'))
+    yield role
+    with admin.begin() as conn:
+        conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
+            {"r": role.name},
+        )
+        conn.execute(sa.text(f"DROP OWNED BY {role.name} CASCADE"))
+        conn.execute(sa.text(f"DROP ROLE {role.name}"))
+    admin.dispose()

@@ -11,8 +11,10 @@ import datetime as dt
 import json
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import vobject
 
@@ -35,6 +37,8 @@ class LiveTarget:
 
     kind = ""
     name = ""
+    SECRET_ENV = ""  # the environment variable holding ``secret``
+    secret = ""
 
     def start(self, mailboxes: list[str], secret: str) -> LiveTarget:
         raise NotImplementedError
@@ -42,11 +46,14 @@ class LiveTarget:
     def stop(self) -> None:
         pass
 
-    def target(self) -> dict:
+    def settings(self) -> dict:
         raise NotImplementedError
 
+    def target(self) -> dict:
+        return {"name": self.name, "type": self.kind, "settings": self.settings()}
+
     def env(self) -> dict[str, str]:
-        return {}
+        return {self.SECRET_ENV: self.secret} if self.SECRET_ENV else {}
 
     def writes(self) -> int:
         """Writes the calendar received so far (a kill is timed from the first one)."""
@@ -95,8 +102,54 @@ def _ics_held(calendar: str, text: str) -> list[Held]:
     return out
 
 
+class LiveEmulator(LiveTarget):
+    """A target served by an in-process emulator of mailboxes (Google, Graph, EWS).
+
+    A subclass starts ``self.emulator`` and says how to list, key, date, remove and rename.
+    """
+
+    emulator: Any
+
+    def stop(self) -> None:
+        self.emulator.stop()
+
+    def _events(self) -> Iterator[tuple[str, Any]]:
+        """Every event held, with its mailbox, mailboxes in order."""
+        raise NotImplementedError
+
+    def _key(self, event: Any) -> str | None:
+        raise NotImplementedError
+
+    def _days(self, event: Any) -> tuple[str, str]:
+        """The event's first and end (exclusive) dates, ISO."""
+        raise NotImplementedError
+
+    def _remove(self, address: str) -> None:
+        raise NotImplementedError
+
+    def _rename(self, old: str, new: str, keep_alias: bool) -> None:
+        raise NotImplementedError
+
+    def held(self) -> list[Held]:
+        return [
+            Held(mailbox, key, *self._days(e))
+            for mailbox, e in self._events()
+            if (key := self._key(e))
+        ]
+
+    def foreign(self) -> int:
+        return sum(1 for _, e in self._events() if self._key(e) is None)
+
+    def change_address(self, old: str, new: str, how: str) -> None:
+        if how == "deleted":
+            self._remove(old)
+        else:
+            self._rename(old, new, keep_alias=how == "alias")
+
+
 class LiveIcs(LiveTarget):
     kind = name = "ics"
+    SECRET_ENV = "LEAVESYNC_FEED_KEY"
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -105,15 +158,8 @@ class LiveIcs(LiveTarget):
         self.secret = secret
         return self
 
-    def target(self) -> dict:
-        return {
-            "name": self.name,
-            "type": "ics",
-            "settings": {"directory": str(self.directory)},
-        }
-
-    def env(self) -> dict[str, str]:
-        return {"LEAVESYNC_FEED_KEY": self.secret}
+    def settings(self) -> dict:
+        return {"directory": str(self.directory)}
 
     def writes(self) -> int:
         # A feed is rewritten whole: count the feeds written since the last call's baseline.
@@ -136,7 +182,7 @@ class LiveIcs(LiveTarget):
         return out
 
 
-class LiveGoogle(LiveTarget):
+class LiveGoogle(LiveEmulator):
     kind, name = "google", "google"
     KINDS = ("429", "503", "drop_before", "drop_after", "slow")
 
@@ -152,20 +198,13 @@ class LiveGoogle(LiveTarget):
         self.emulator.slow_seconds = 0.5
         return self
 
-    def stop(self) -> None:
-        self.emulator.stop()
-
-    def target(self) -> dict:
+    def settings(self) -> dict:
         e = self.emulator
         return {
-            "name": self.name,
-            "type": "google",
-            "settings": {
-                "service_account_key_env": "LEAVESYNC_LIVE_GOOGLE_KEY",
-                "api_base_url": e.base_url,
-                "token_uri": e.token_uri,
-                "batch_uri": e.batch_uri,
-            },
+            "service_account_key_env": "LEAVESYNC_LIVE_GOOGLE_KEY",
+            "api_base_url": e.base_url,
+            "token_uri": e.token_uri,
+            "batch_uri": e.batch_uri,
         }
 
     def env(self) -> dict[str, str]:
@@ -175,28 +214,21 @@ class LiveGoogle(LiveTarget):
         s = self.emulator.stats
         return sum(s[f"{m}_requests"] for m in ("post", "put", "patch", "delete"))
 
-    def held(self) -> list[Held]:
-        out = []
-        for user in sorted(self.emulator.users):
-            for e in self.emulator.events(user):
-                key = ((e.get("extendedProperties") or {}).get("private") or {}).get(KEY_PROPERTY)
-                if key:
-                    start, end = e["start"], e["end"]
-                    out.append(
-                        Held(
-                            user,
-                            key,
-                            start.get("date") or start["dateTime"][:10],
-                            end.get("date") or end["dateTime"][:10],
-                        )
-                    )
-        return out
+    def _events(self) -> Iterator[tuple[str, dict]]:
+        return ((u, e) for u in sorted(self.emulator.users) for e in self.emulator.events(u))
 
-    def change_address(self, old: str, new: str, how: str) -> None:
-        if how == "deleted":
-            self.emulator.remove_user(old)
-        else:
-            self.emulator.rename_user(old, new, keep_alias=how == "alias")
+    def _key(self, event: dict) -> str | None:
+        return ((event.get("extendedProperties") or {}).get("private") or {}).get(KEY_PROPERTY)
+
+    def _days(self, event: dict) -> tuple[str, str]:
+        start, end = event["start"], event["end"]
+        return start.get("date") or start["dateTime"][:10], end.get("date") or end["dateTime"][:10]
+
+    def _remove(self, address: str) -> None:
+        self.emulator.remove_user(address)
+
+    def _rename(self, old: str, new: str, keep_alias: bool) -> None:
+        self.emulator.rename_user(old, new, keep_alias=keep_alias)
 
     def add_foreign(self, mailbox: str, day: dt.date) -> None:
         self.emulator.put_event(
@@ -208,14 +240,6 @@ class LiveGoogle(LiveTarget):
             },
         )
 
-    def foreign(self) -> int:
-        return sum(
-            1
-            for user in self.emulator.users
-            for e in self.emulator.events(user)
-            if KEY_PROPERTY not in ((e.get("extendedProperties") or {}).get("private") or {})
-        )
-
     def faults(self, rate: float, seed: int = 0) -> None:
         self.emulator.fault_rate = rate
         self.emulator.fault_kinds = self.KINDS
@@ -225,8 +249,9 @@ class LiveGoogle(LiveTarget):
         return self.emulator.stats["faults_injected"]
 
 
-class LiveGraph(LiveTarget):
+class LiveGraph(LiveEmulator):
     kind, name = "microsoft_graph", "graph"
+    SECRET_ENV = "LEAVESYNC_LIVE_GRAPH_SECRET"
     CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 
     def __init__(self, directory: Path) -> None:
@@ -242,30 +267,23 @@ class LiveGraph(LiveTarget):
             self.emulator.mailbox(m)
         return self
 
-    def stop(self) -> None:
-        self.emulator.stop()
-
-    def target(self) -> dict:
+    def settings(self) -> dict:
         e = self.emulator
         return {
-            "name": self.name,
-            "type": "microsoft_graph",
-            "settings": {
-                "tenant_id": e.tenant_id,
-                "client_id": self.CLIENT_ID,
-                "client_secret_env": "LEAVESYNC_LIVE_GRAPH_SECRET",
-                "authority": e.base_url,
-                "graph_url": e.base_url,
-                "ca_bundle": str(e.pki.ca_file),
-            },
+            "tenant_id": e.tenant_id,
+            "client_id": self.CLIENT_ID,
+            "client_secret_env": self.SECRET_ENV,
+            "authority": e.base_url,
+            "graph_url": e.base_url,
+            "ca_bundle": str(e.pki.ca_file),
         }
-
-    def env(self) -> dict[str, str]:
-        return {"LEAVESYNC_LIVE_GRAPH_SECRET": self.secret}
 
     def writes(self) -> int:
         m = self.emulator.stats.methods
         return m["POST"] + m["PATCH"] + m["DELETE"]
+
+    def _events(self) -> Iterator[tuple[str, dict]]:
+        return ((a, e) for a in sorted(self.emulator.mailboxes) for e in self.emulator.events(a))
 
     def _key(self, event: dict) -> str | None:
         for p in event.get("singleValueExtendedProperties") or []:
@@ -273,34 +291,18 @@ class LiveGraph(LiveTarget):
                 return p["value"]
         return None
 
-    def held(self) -> list[Held]:
-        out = []
-        for address in sorted(self.emulator.mailboxes):
-            for e in self.emulator.events(address):
-                key = self._key(e)
-                if key:
-                    out.append(
-                        Held(address, key, e["start"]["dateTime"][:10], e["end"]["dateTime"][:10])
-                    )
-        return out
+    def _days(self, event: dict) -> tuple[str, str]:
+        return event["start"]["dateTime"][:10], event["end"]["dateTime"][:10]
 
-    def change_address(self, old: str, new: str, how: str) -> None:
-        if how == "deleted":
-            self.emulator.remove_mailbox(old)
-        else:
-            self.emulator.rename_user(old, new, keep_alias=how == "alias")
+    def _remove(self, address: str) -> None:
+        self.emulator.remove_mailbox(address)
+
+    def _rename(self, old: str, new: str, keep_alias: bool) -> None:
+        self.emulator.rename_user(old, new, keep_alias=keep_alias)
 
     def add_foreign(self, mailbox: str, day: dt.date) -> None:
         end = day + dt.timedelta(days=1)
         self.emulator.add_foreign_event(mailbox, "Dentist", f"{day}T09:00:00", f"{end}T10:00:00")
-
-    def foreign(self) -> int:
-        return sum(
-            1
-            for address in self.emulator.mailboxes
-            for e in self.emulator.events(address)
-            if self._key(e) is None
-        )
 
     def faults(self, rate: float, seed: int = 0) -> None:
         self.emulator.fault_rate = rate
@@ -310,72 +312,49 @@ class LiveGraph(LiveTarget):
         return sum(self.emulator.stats.faults.values())
 
 
-class LiveEws(LiveTarget):
+class LiveEws(LiveEmulator):
     kind, name = "ews", "ews"
+    SECRET_ENV = "LEAVESYNC_LIVE_EWS_PASSWORD"
     KINDS = ("busy", "503", "drop", "lost", "slow")
 
     def start(self, mailboxes: list[str], secret: str) -> LiveEws:
         from tests.emulators.ews import EwsEmulator
 
+        self.secret = secret
         self.emulator = EwsEmulator(mailboxes, password=secret).start()
         return self
 
-    def stop(self) -> None:
-        self.emulator.stop()
-
-    def target(self) -> dict:
+    def settings(self) -> dict:
         e = self.emulator
         return {
-            "name": self.name,
-            "type": "ews",
-            "settings": {
-                "ews_url": e.url,
-                "username": e.username,
-                "password_env": "LEAVESYNC_LIVE_EWS_PASSWORD",
-                "auth_type": "basic",
-            },
+            "ews_url": e.url,
+            "username": e.username,
+            "password_env": self.SECRET_ENV,
+            "auth_type": "basic",
         }
-
-    def env(self) -> dict[str, str]:
-        return {"LEAVESYNC_LIVE_EWS_PASSWORD": self.emulator.password}
 
     def writes(self) -> int:
         from tests.emulators.ews import WRITE_OPS
 
         return self.emulator.count(*WRITE_OPS)
 
-    def held(self) -> list[Held]:
-        out = []
-        for mailbox in sorted(self.emulator.mailboxes):
-            for item in self.emulator.items(mailbox):
-                key = item.extended_value(KEY_PROPERTY)
-                if key:
-                    out.append(
-                        Held(
-                            mailbox,
-                            key,
-                            item.start.date().isoformat(),
-                            item.end.date().isoformat(),
-                        )
-                    )
-        return out
+    def _events(self) -> Iterator[tuple[str, Any]]:
+        return ((m, i) for m in sorted(self.emulator.mailboxes) for i in self.emulator.items(m))
 
-    def change_address(self, old: str, new: str, how: str) -> None:
-        if how == "deleted":
-            self.emulator.remove_mailbox(old)
-        else:
-            self.emulator.rename_mailbox(old, new, keep_alias=how == "alias")
+    def _key(self, event: Any) -> str | None:
+        return event.extended_value(KEY_PROPERTY)
+
+    def _days(self, event: Any) -> tuple[str, str]:
+        return event.start.date().isoformat(), event.end.date().isoformat()
+
+    def _remove(self, address: str) -> None:
+        self.emulator.remove_mailbox(address)
+
+    def _rename(self, old: str, new: str, keep_alias: bool) -> None:
+        self.emulator.rename_mailbox(old, new, keep_alias=keep_alias)
 
     def add_foreign(self, mailbox: str, day: dt.date) -> None:
         self.emulator.add_foreign_item(mailbox, "Dentist", f"{day}T09:00:00Z", f"{day}T10:00:00Z")
-
-    def foreign(self) -> int:
-        return sum(
-            1
-            for mailbox in self.emulator.mailboxes
-            for item in self.emulator.items(mailbox)
-            if item.extended_value(KEY_PROPERTY) is None
-        )
 
     def faults(self, rate: float, seed: int = 0) -> None:
         self.emulator.fault_rate = rate
@@ -390,6 +369,7 @@ class LiveCaldav(LiveTarget):
     """Radicale (a real CalDAV server) behind a proxy that injects faults."""
 
     kind, name = "caldav", "caldav"
+    SECRET_ENV = "LEAVESYNC_LIVE_CALDAV_PASSWORD"
     FAULTS = (
         {"status": 429, "retry_after": "1"},
         {"status": 503},
@@ -441,21 +421,14 @@ class LiveCaldav(LiveTarget):
         self.proxy.stop()
         self.server.stop()
 
-    def target(self) -> dict:
+    def settings(self) -> dict:
         from tests.servers.caldav_servers import SERVICE_USER
 
         return {
-            "name": self.name,
-            "type": "caldav",
-            "settings": {
-                "calendar_url": self.proxy.base_url + "/{email}/leaves/",
-                "username": SERVICE_USER,
-                "password_env": "LEAVESYNC_LIVE_CALDAV_PASSWORD",
-            },
+            "calendar_url": self.proxy.base_url + "/{email}/leaves/",
+            "username": SERVICE_USER,
+            "password_env": self.SECRET_ENV,
         }
-
-    def env(self) -> dict[str, str]:
-        return {"LEAVESYNC_LIVE_CALDAV_PASSWORD": self.secret}
 
     def writes(self) -> int:
         return sum(1 for method, _, _ in list(self.proxy.log) if method in ("PUT", "DELETE"))

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 import os
-import subprocess
-import sys
-import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
 import vobject
 
 from assets.drift import measure_drift
 from tests.emulators.pki import make_test_pki
-from tests.harness import Pipeline, make_config, scope
+from tests.harness import Pipeline, make_config, scope, sync_in_subprocess
 from tests.servers.caldav_servers import (
     SERVICE_PASSWORD,
     SERVICE_USER,
     RadicaleServer,
-    XandikosServer,
 )
 from tests.servers.icalendar_rules import problems
 
@@ -36,13 +30,6 @@ def radicale_https(tmp_path_factory):
     pki = make_test_pki(tmp_path_factory.mktemp("pki"))
     users = [f"p{i}@example.com" for i in range(1, 120)]
     server = RadicaleServer(tmp_path_factory.mktemp("radicale"), users, pki)
-    yield server.start()
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def xandikos(tmp_path_factory):
-    server = XandikosServer(tmp_path_factory.mktemp("xandikos"))
     yield server.start()
     server.stop()
 
@@ -178,19 +165,15 @@ def test_hr_to_caldav_then_edit_cancel_move_opt_out_and_drift_repair(home, hr, s
     assert reconcile(p) == {"create": 0, "update": 0, "delete": 0}
 
 
-CRASHING_RUN = textwrap.dedent(
-    """
-    import json, os, sys, datetime as dt
-    from pathlib import Path
+def die_after_writes(crash_after: int) -> None:
+    """In the crashing run: exit once ``crash_after`` events are written, before their rows."""
     from resources.providers.caldav import apply
-    from tests.harness import Pipeline, make_config, scope
 
-    crash_after = int(sys.argv[3])
-    written = 0
     original = apply.CalendarWriter._done
+    written = 0
 
     def done_then_maybe_die(self, change, href, reply):
-        global written
+        nonlocal written
         result = original(self, change, href, reply)
         written += 1
         if written == crash_after:
@@ -198,13 +181,6 @@ CRASHING_RUN = textwrap.dedent(
         return result
 
     apply.CalendarWriter._done = done_then_maybe_die
-    home = Path(sys.argv[1])
-    target = json.loads(Path(sys.argv[4]).read_text())
-    p = Pipeline(make_config(home, sys.argv[2], targets=[target]))
-    start, end = dt.date.fromisoformat(sys.argv[5]), dt.date.fromisoformat(sys.argv[6])
-    p.sync([scope("FR", start, end)])
-    """
-)
 
 
 @pytest.mark.parametrize("crash_after", [1, 7])
@@ -219,20 +195,14 @@ def test_killed_mid_apply_then_rerun_leaves_every_event_exactly_once(
         hr.leave(i, D + dt.timedelta(days=i), D + dt.timedelta(days=i + 1))
         hr.leave(i, D + dt.timedelta(days=i + 10))
         hr.leave(i, D + dt.timedelta(days=i + 20), start_half="PM")
-    script, target_file = home / "crash.py", home / "target.json"
-    script.write_text(CRASHING_RUN)
-    target_file.write_text(json.dumps(target(server)))
-    repo = Path(__file__).resolve().parents[2]
-    env = {"PYTHONPATH": str(repo), PASSWORD_ENV: SERVICE_PASSWORD, "PATH": os.environ["PATH"]}
-    dates = [D.isoformat(), (D + dt.timedelta(days=40)).isoformat()]
-    args = [str(home), hr.url, str(crash_after), str(target_file), *dates]
-    run = dict(cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    proc = subprocess.run([sys.executable, str(script), *args], **run)
+    cfg = make_config(home, hr.url, targets=[target(server)])
+    scopes = [scope("FR", D, D + dt.timedelta(days=40))]
+    proc = sync_in_subprocess(cfg, scopes, die_after_writes, crash_after)
     assert proc.returncode == 9, proc.stderr
     on_server = sum(len(server.stored_files(e)) for e in emails)
     assert crash_after <= on_server < 12
 
-    rerun = subprocess.run([sys.executable, str(script), *args[:2], "0", *args[3:]], **run)
+    rerun = sync_in_subprocess(cfg, scopes)
     assert rerun.returncode == 0, rerun.stderr
     cal = stored(server, emails)  # fails on any key held twice
     keys = sorted(k for events in cal.values() for k in events)

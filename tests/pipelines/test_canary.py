@@ -14,9 +14,7 @@ import datetime as dt
 import json
 import logging
 import secrets
-import sqlite3
 import urllib.parse
-import uuid
 import zlib
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import sqlalchemy as sa
 import yaml
 
 from pipelines.cli import main
-from tests.conftest import POSTGRES_URL
+from tests.harness import sqlite_values
 from tests.hr_builder import HRBuilder
 from tests.live_targets import live_targets
 
@@ -46,23 +44,6 @@ def needles(secret: str) -> set[bytes]:
     return {n for n in out if len(n) >= 12}
 
 
-def _sqlite_values(path: Path) -> list[bytes]:
-    """Every value of every table of a SQLite file; zlib blobs (Dagster's snapshots) inflated."""
-    values: list[bytes] = []
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for row in conn.execute(f'SELECT * FROM "{table}"'):
-                for value in row:
-                    if isinstance(value, bytes):
-                        with contextlib.suppress(zlib.error):
-                            value = zlib.decompress(value)
-                        values.append(value)
-                    elif value is not None:
-                        values.append(str(value).encode())
-    return values
-
-
 def leaks_in_files(root: Path, found: set[bytes]) -> list[str]:
     """Files under root holding one of the needles (bytewise, and SQLite value by value)."""
     hits = []
@@ -70,7 +51,7 @@ def leaks_in_files(root: Path, found: set[bytes]) -> list[str]:
         data = path.read_bytes()
         blobs = [data]
         if data.startswith(b"SQLite format 3"):
-            blobs += _sqlite_values(path)
+            blobs += sqlite_values(path)
         with contextlib.suppress(zlib.error):
             blobs.append(zlib.decompress(data))
         hits += [f"{path}: {n.decode()}" for n in found if any(n in b for b in blobs)]
@@ -92,40 +73,17 @@ def leaks_in_postgres(engine: sa.Engine, schema: str, found: set[bytes]) -> list
 
 
 @pytest.fixture
-def database(postgres_url):
-    """A role whose password is a canary, owning a throw-away schema; dropped afterwards."""
-    admin = sa.create_engine(postgres_url)
-    schema = sa.make_url(postgres_url).query["options"].split("=", 1)[1]
-    role = f"ls_canary_{uuid.uuid4().hex[:8]}"
-    password = f"{CANARY}-database"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
-        conn.execute(sa.text(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO {role}'))
-
-    def url(user: str) -> str:
-        return (
-            sa.make_url(POSTGRES_URL)
-            .set(username=user, password=password)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-
-    yield admin, schema, password, url(role), url(role + "_nobody")
-    with admin.begin() as conn:
-        conn.execute(
-            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
-            {"r": role},
-        )
-        conn.execute(sa.text(f"DROP OWNED BY {role} CASCADE"))
-        conn.execute(sa.text(f"DROP ROLE {role}"))
-    admin.dispose()
+def postgres_role_password() -> str:
+    """The database role's password is a canary too."""
+    return f"{CANARY}-database"
 
 
 @pytest.mark.postgres
 def test_no_secret_reaches_anything_a_run_leaves(
-    home, tmp_path, database, monkeypatch, capfd, caplog
+    home, tmp_path, postgres_role, monkeypatch, capfd, caplog
 ):
-    admin, schema, db_password, hr_url, bad_hr_url = database
+    admin, schema, db_password = postgres_role.admin, postgres_role.schema, postgres_role.password
+    hr_url, bad_hr_url = postgres_role.url(), postgres_role.url(postgres_role.name + "_nobody")
     hr = HRBuilder(sa.create_engine(hr_url))
     for i, email in enumerate(PEOPLE, start=1):
         hr.employee(i, "FR", email)

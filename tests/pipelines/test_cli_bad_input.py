@@ -40,12 +40,25 @@ def run(home: Path, config: dict | str | None, *args: str, env: dict | None = No
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def one_target(name: str, kind: str, **settings: str) -> dict:
+    """A configuration's ``targets`` section holding this one target."""
+    return {"targets": [{"name": name, "type": kind, "settings": settings}]}
+
+
+def graph(secret_env: str, **settings: str) -> dict:
+    """One Microsoft Graph target whose client secret is in ``secret_env``."""
+    return one_target(
+        "m365",
+        "microsoft_graph",
+        tenant_id="t",
+        client_id="c",
+        client_secret_env=secret_env,
+        **settings,
+    )
+
+
 def feeds(home: Path) -> dict:
-    return {
-        "targets": [
-            {"name": "feeds", "type": "ics", "settings": {"directory": str(home / "feeds")}}
-        ]
-    }
+    return one_target("feeds", "ics", directory=str(home / "feeds"))
 
 
 def test_bad_rows_are_quarantined_named_and_the_good_rows_land(home, hr):
@@ -86,52 +99,19 @@ def test_bad_rows_are_quarantined_named_and_the_good_rows_land(home, hr):
         ("YAML syntax", "targets: [\n  - name: x\n", {}, "leavesync.yaml"),
         (
             "missing secret variable",
-            {
-                "targets": [
-                    {
-                        "name": "m365",
-                        "type": "microsoft_graph",
-                        "settings": {
-                            "tenant_id": "t",
-                            "client_id": "c",
-                            "client_secret_env": "LEAVESYNC_TEST_UNSET_SECRET",
-                        },
-                    }
-                ]
-            },
+            graph("LEAVESYNC_TEST_UNSET_SECRET"),
             {},
             "LEAVESYNC_TEST_UNSET_SECRET",
         ),
         (
             "CA file missing",
-            {
-                "targets": [
-                    {
-                        "name": "m365",
-                        "type": "microsoft_graph",
-                        "settings": {
-                            "tenant_id": "t",
-                            "client_id": "c",
-                            "client_secret_env": "LEAVESYNC_TEST_SECRET",
-                            "ca_bundle": "/nonexistent/ca.pem",
-                        },
-                    }
-                ]
-            },
+            graph("LEAVESYNC_TEST_SECRET", ca_bundle="/nonexistent/ca.pem"),
             {"LEAVESYNC_TEST_SECRET": "s3cret"},
             "ca_bundle",
         ),
         (
             "service account key not JSON",
-            {
-                "targets": [
-                    {
-                        "name": "workspace",
-                        "type": "google",
-                        "settings": {"service_account_key_env": "LEAVESYNC_TEST_GOOGLE_KEY"},
-                    }
-                ]
-            },
+            one_target("workspace", "google", service_account_key_env="LEAVESYNC_TEST_GOOGLE_KEY"),
             {"LEAVESYNC_TEST_GOOGLE_KEY": "{not json"},
             "LEAVESYNC_TEST_GOOGLE_KEY",
         ),

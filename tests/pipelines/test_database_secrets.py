@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import secrets
-import sqlite3
-import uuid
-import zlib
 from pathlib import Path
 
 import pytest
@@ -16,53 +11,10 @@ import yaml
 
 from pipelines.cli import main
 from resources.providers.ics import feed_file_name
-from tests.conftest import POSTGRES_URL
+from tests.harness import sqlite_values
 from tests.hr_builder import HRBuilder
 
 START = dt.date.today() + dt.timedelta(days=2)
-
-
-@pytest.fixture
-def role_with_password(postgres_url):
-    """A login role with a password on the throw-away schema; dropped afterwards."""
-    admin = sa.create_engine(postgres_url)
-    schema = sa.make_url(postgres_url).query["options"].split("=", 1)[1]
-    role = f"ls_role_{uuid.uuid4().hex[:8]}"
-    password = "pw-" + secrets.token_urlsafe(18)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
-        conn.execute(sa.text(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO {role}'))
-    url = (
-        sa.make_url(POSTGRES_URL)
-        .set(username=role, password=password)
-        .update_query_dict({"options": f"-csearch_path={schema}"})
-    )
-    yield admin, schema, role, password, url.render_as_string(hide_password=False)
-    with admin.begin() as conn:
-        conn.execute(
-            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
-            {"r": role},
-        )
-        conn.execute(sa.text(f"DROP OWNED BY {role} CASCADE"))
-        conn.execute(sa.text(f"DROP ROLE {role}"))
-    admin.dispose()
-
-
-def _sqlite_values(path: Path) -> list[bytes]:
-    """Every value of every table of a SQLite file; zlib blobs (Dagster's snapshots) inflated."""
-    values: list[bytes] = []
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for row in conn.execute(f'SELECT * FROM "{table}"'):
-                for value in row:
-                    if isinstance(value, bytes):
-                        with contextlib.suppress(zlib.error):
-                            value = zlib.decompress(value)
-                        values.append(value)
-                    elif value is not None:
-                        values.append(str(value).encode())
-    return values
 
 
 def files_containing(root: Path, secret: str) -> list[str]:
@@ -72,7 +24,7 @@ def files_containing(root: Path, secret: str) -> list[str]:
     for path in (p for p in root.rglob("*") if p.is_file()):
         data = path.read_bytes()
         if needle in data or (
-            data.startswith(b"SQLite format 3") and any(needle in v for v in _sqlite_values(path))
+            data.startswith(b"SQLite format 3") and any(needle in v for v in sqlite_values(path))
         ):
             found.append(str(path))
     return found
@@ -80,9 +32,15 @@ def files_containing(root: Path, secret: str) -> list[str]:
 
 @pytest.mark.postgres
 def test_cli_with_database_urls_only_in_the_environment_keeps_the_password_out(
-    home, tmp_path, role_with_password, monkeypatch, capsys
+    home, tmp_path, postgres_role, monkeypatch, capsys
 ):
-    admin, schema, role, password, url = role_with_password
+    admin, schema, role, password = (
+        postgres_role.admin,
+        postgres_role.schema,
+        postgres_role.name,
+        postgres_role.password,
+    )
+    url = postgres_role.url()
     hr = HRBuilder(admin)
     with admin.begin() as conn:
         conn.execute(sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO {role}'))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import subprocess
-import sys
-import textwrap
+import os
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -17,7 +15,7 @@ import yaml
 from pipelines.cli import main
 from pipelines.runner import reconcile
 from resources.providers.ics import feed_file_name
-from tests.harness import make_config
+from tests.harness import make_config, scope, sync_in_subprocess
 
 START = dt.date.today() + dt.timedelta(days=1)
 END = START + dt.timedelta(days=20)
@@ -191,31 +189,21 @@ def test_cli_exit_status_is_non_zero_when_a_partition_is_blocked(home, hr, capsy
     assert read_feeds(feed.parent)[feed.name] == []
 
 
-CRASHING_RUN = textwrap.dedent(
-    """
-    import os, sys, datetime as dt
-    from pathlib import Path
+def die_after_feeds(crash_after: int) -> None:
+    """In the crashing run: exit once ``crash_after`` feeds are written, before their rows."""
     from resources.providers import ics
-    from tests.harness import Pipeline, make_config, scope
 
-    crash_after = int(sys.argv[3])
-    written = 0
     original = ics._write_atomically
+    written = 0
 
     def write_then_maybe_die(path, data):
-        global written
+        nonlocal written
         original(path, data)
         written += 1
         if written == crash_after:
             os._exit(9)  # the feed is written, its snapshot rows are not: the worst moment
 
     ics._write_atomically = write_then_maybe_die
-    home = Path(sys.argv[1])
-    p = Pipeline(make_config(home, sys.argv[2]))
-    start, end = dt.date.fromisoformat(sys.argv[4]), dt.date.fromisoformat(sys.argv[5])
-    p.sync([scope("FR", start, end)])
-    """
-)
 
 
 @pytest.mark.parametrize("crash_after", [1, 3])
@@ -224,30 +212,13 @@ def test_killed_mid_apply_then_rerun_gives_exactly_the_right_events(home, hr, cr
     for i in range(1, 6):
         hr.leave(i, day(i), day(i + 1))
         hr.leave(i, day(i + 5))
-    script = home / "crash.py"
-    script.write_text(CRASHING_RUN)
-    repo = Path(__file__).resolve().parents[2]
-    args = [str(home), hr.url, str(crash_after), START.isoformat(), END.isoformat()]
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=repo,
-        env={"PYTHONPATH": str(repo)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    cfg, scopes = make_config(home, hr.url), [scope("FR", START, END)]
+    proc = sync_in_subprocess(cfg, scopes, die_after_feeds, crash_after, timeout=120)
     assert proc.returncode == 9, proc.stderr
     assert len(list((home / "feeds").glob("*.ics"))) == crash_after
 
     # The run after the crash: every event exactly once, the snapshot complete.
-    rerun = subprocess.run(
-        [sys.executable, str(script), *args[:2], "0", *args[3:]],
-        cwd=repo,
-        env={"PYTHONPATH": str(repo)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    rerun = sync_in_subprocess(cfg, scopes, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     feeds = read_feeds(home / "feeds")
     assert sorted(feeds) == sorted(feed_file_name(e) for e in emails)

@@ -14,18 +14,23 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from resources.providers.base import EventPayload, changed_fields
 from resources.state import StateStore
 from tests.emulators.graph import GraphEmulator
-from tests.harness import Pipeline, make_config, scope
+from tests.harness import (
+    REPO,
+    Pipeline,
+    child_env,
+    make_config,
+    scope,
+    sync_command,
+    wanted_keys,
+)
 
 D = dt.date(2026, 3, 2)
 SPAN = (D, D + dt.timedelta(days=60))
@@ -95,26 +100,18 @@ def held(emulator: GraphEmulator, mailboxes=None) -> Counter:
     )
 
 
-def wanted(hr) -> set[str]:
-    with hr.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT id FROM leaves WHERE status IN ('pending', 'approved')"
-        ).fetchall()
-    return {f"leave-{r[0]}" for r in rows}
-
-
 def assert_calendars_match(p: Pipeline, emulator: GraphEmulator, hr, stale=()) -> None:
     """Every leave HR wants is there exactly once, as the snapshot says it was written."""
     keys = held(emulator)
     assert {k: n for k, n in keys.items() if n > 1} == {}, "duplicates"
-    assert set(keys) == wanted(hr) | set(stale)
+    assert set(keys) == wanted_keys(hr) | set(stale)
     provider = p.settings.provider("m365")
     remote = {
         r.event_key: r
         for r in provider.read_back(EMPLOYEES.values(), SPAN[0], SPAN[1] + dt.timedelta(days=1))
     }
     snapshot = p.state.snapshot_all("m365").set_index("event_key")
-    for key in wanted(hr):
+    for key in wanted_keys(hr):
         written = EventPayload.from_dict(json.loads(snapshot.loc[key, "payload"]))
         assert changed_fields(written, remote[key].payload, provider.compared_fields) == [], key
         assert snapshot.loc[key, "provider_event_id"] == remote[key].provider_event_id, key
@@ -168,35 +165,15 @@ def test_older_backup_restored_then_hr_edits_no_duplicates(home, hr, graph, tmp_
     assert sync(p) == {"create": 0, "update": 0, "delete": 0}
 
 
-SYNC_RUN = textwrap.dedent(
-    """
-    import datetime as dt, json, sys
-    from pathlib import Path
-    from tests.harness import Pipeline, make_config, scope
-
-    home, hr_url, target_file, start, end = sys.argv[1:6]
-    target = json.loads(Path(target_file).read_text())
-    p = Pipeline(make_config(Path(home), hr_url, targets=[target]))
-    span = (dt.date.fromisoformat(start), dt.date.fromisoformat(end))
-    p.sync([scope("FR", *span), scope("US", *span)])
-    """
-)
-
-
 @pytest.mark.parametrize("kill_after", [6, 23])
 def test_kill_9_during_apply_then_hr_edits_no_duplicates(home, hr, graph, kill_after):
     ids = seed(hr)
     graph.latency = 0.03  # slow enough to be killed in the middle of the writes
-    script, target_file = home / "sync.py", home / "target.json"
-    script.write_text(SYNC_RUN)
-    target_file.write_text(json.dumps(target(graph)))
-    repo = Path(__file__).resolve().parents[2]
-    env = {"PYTHONPATH": str(repo), SECRET_ENV: SECRET, "PATH": os.environ["PATH"]}
-    args = [str(home), hr.url, str(target_file), SPAN[0].isoformat(), SPAN[1].isoformat()]
+    cfg = make_config(home, hr.url, targets=[target(graph)])
     proc = subprocess.Popen(
-        [sys.executable, str(script), *args],
-        cwd=repo,
-        env=env,
+        sync_command(cfg, [scope("FR", *SPAN), scope("US", *SPAN)]),
+        cwd=REPO,
+        env=child_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
-import textwrap
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,8 @@ from icalendar import Calendar
 from assets.sync import apply_diff, sync_summary
 from resources.providers.base import ChangeResult
 from resources.providers.ics import KEY_PROP, feed_file_name
-from tests.harness import Pipeline, make_config, scope
+from resources.state import StateStore
+from tests.harness import Pipeline, make_config, scope, sync_in_subprocess
 
 D = dt.date.today() + dt.timedelta(days=3)
 SCOPES = [scope("FR", D, D + dt.timedelta(days=30)), scope("US", D, D + dt.timedelta(days=30))]
@@ -155,17 +154,11 @@ def test_a_move_whose_delete_fails_is_not_created_and_is_retried(home, hr, ann):
     assert feed_file_name(OLD) not in holdings(home)
 
 
-KILLED_BETWEEN_HALVES = textwrap.dedent(
-    """
-    import os, sys, datetime as dt
-    from pathlib import Path
-    from resources.state import StateStore
-    from tests.harness import Pipeline, make_config, scope
-
-    where = sys.argv[3]
+def record_then_die(where: str) -> None:
+    """In the killed run: exit around the snapshot update of the move's delete half."""
     original = StateStore.record_changes
 
-    def record_then_die(self, target, rows, run_id):
+    def record(self, target, rows, run_id):
         deletes = [r for r, snap in rows if r.change.op == "delete"]
         if deletes and where == "before-snapshot":
             os._exit(9)  # the old event is deleted; the snapshot still says the old calendar
@@ -173,30 +166,15 @@ KILLED_BETWEEN_HALVES = textwrap.dedent(
         if deletes and where == "after-snapshot":
             os._exit(9)  # the snapshot row is gone; the new calendar has nothing yet
 
-    StateStore.record_changes = record_then_die
-    home = Path(sys.argv[1])
-    p = Pipeline(make_config(home, sys.argv[2]))
-    start = dt.date.fromisoformat(sys.argv[4])
-    end = start + dt.timedelta(days=30)
-    p.sync([scope("FR", start, end), scope("US", start, end)])
-    """
-)
+    StateStore.record_changes = record
 
 
 @pytest.mark.parametrize("where", ["before-snapshot", "after-snapshot"])
 def test_killed_between_the_two_halves_of_a_move_recovers(home, hr, ann, where):
     p, leaves, _ = ann
     hr.update_employee(1, email=NEW)
-    script = home / "killed.py"
-    script.write_text(KILLED_BETWEEN_HALVES)
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, str(script), str(home), hr.url, where, D.isoformat()],
-        cwd=repo,
-        env={"PYTHONPATH": str(repo), "LEAVESYNC_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=180,
+    proc = sync_in_subprocess(
+        make_config(home, hr.url), SCOPES, record_then_die, where, timeout=180
     )
     assert proc.returncode == 9, proc.stderr
     assert feed_file_name(OLD) not in holdings(home) and feed_file_name(NEW) not in holdings(home)

@@ -11,20 +11,17 @@ are read back from the emulators' (or Radicale's) own stores, never through our 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import secrets
-import subprocess
-import sys
-import textwrap
+import signal
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from assets.drift import measure_drift
 from assets.sync import sync_summary
-from tests.harness import Pipeline, make_config, scope
+from resources.state import StateStore
+from tests.harness import Pipeline, make_config, scope, sync_in_subprocess
 from tests.live_targets import LiveTarget, live_targets
 
 KINDS = ["ics", "google", "microsoft_graph", "ews", "caldav"]
@@ -51,14 +48,6 @@ def live(request, tmp_path, monkeypatch):
 def holdings(live: LiveTarget) -> Counter:
     """(calendar, event key) -> copies, for every event of ours the target holds."""
     return Counter((h.calendar, h.event_key) for h in live.held())
-
-
-def config_data(home: Path, hr_url: str, live: LiveTarget) -> dict:
-    return {
-        "hr": {"url": hr_url},
-        "state": {"url": f"sqlite:///{home / 'state.sqlite'}"},
-        "targets": [live.target()],
-    }
 
 
 @pytest.fixture
@@ -134,18 +123,11 @@ def test_a_new_address_moves_her_events_once_and_everyone_elses_changes_land(hr,
     assert report.errors == [] and found == []
 
 
-KILLED_BETWEEN_HALVES = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    from resources.config import parse_config
-    from resources.state import StateStore
-    from tests.harness import Pipeline, scope
-    import datetime as dt
-
-    where = sys.argv[2]
+def record_then_die(where: str) -> None:
+    """In the killed run: SIGKILL around the snapshot update of the move's delete half."""
     original = StateStore.record_changes
 
-    def record_then_die(self, target, rows, run_id):
+    def record(self, target, rows, run_id):
         deletes = [r for r, snap in rows if r.change.op == "delete"]
         if deletes and where == "before-snapshot":
             os.kill(os.getpid(), signal.SIGKILL)  # deleted there, the snapshot says nothing yet
@@ -153,12 +135,7 @@ KILLED_BETWEEN_HALVES = textwrap.dedent(
         if deletes and where == "after-snapshot":
             os.kill(os.getpid(), signal.SIGKILL)  # snapshot rows gone, nothing created yet
 
-    StateStore.record_changes = record_then_die
-    cfg = parse_config(json.loads(open(sys.argv[1]).read()), "killed run")
-    start = dt.date.fromisoformat(sys.argv[3])
-    Pipeline(cfg).sync([scope("FR", start, start + dt.timedelta(days=30))])
-    """
-)
+    StateStore.record_changes = record
 
 
 # The alias at both kill points (the old address still reaches the mailbox: the re-sent delete
@@ -170,18 +147,7 @@ KILLED_BETWEEN_HALVES = textwrap.dedent(
 def test_killed_between_the_two_halves_of_a_move_recovers(home, hr, live, world, how, where):
     p, ann, bob = world
     added = change_everything(hr, live, how, bob)
-    script, config = home / "killed.py", home / "killed.json"
-    script.write_text(KILLED_BETWEEN_HALVES)
-    config.write_text(json.dumps(config_data(home, hr.url, live)))
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, str(script), str(config), where, D.isoformat()],
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = sync_in_subprocess(p.cfg, SCOPES, record_then_die, where)
     assert proc.returncode == -9, proc.stderr[-3000:]
     # The delete halves landed (Bob's cancelled leave with them); nothing was created yet:
     # the old calendar holds nothing (a renamed mailbox still holds her events, under NEW).
