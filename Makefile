@@ -75,7 +75,7 @@ bench-latency: install services  ## HR change -> calendar under dagster dev (SQL
 chaos: install  ## kill -9, faults and lost state on every target, against emulators (CHAOS_ARGS="--trials 20")
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
-chaos-smoke: install  ## the same, 3 trials and 50 events, every target in one configuration
+chaos-smoke: install  ## the same, 3 trials and 50 events, every target in one configuration (in CI)
 	$(BIN)/python -m bench.chaos --smoke
 
 clean:

@@ -28,6 +28,7 @@ from resources.providers.base import (
     EventChange,
     FatalProviderError,
 )
+from resources.providers.retry import RetryRounds
 from resources.scope import month_start, window_today
 from resources.settings import LeavesyncSettings
 from resources.state import Intent, SnapshotRow, StateStore
@@ -48,6 +49,8 @@ class SyncOutcome:
     failed: list[dict[str, str]] = field(default_factory=list)
     # (legal entity, partition date, op): the same changes by start date, for the partitions.
     by_day: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # Changes sent again after failing with a transient error (see _TargetRun.apply).
+    resent: int = 0
 
     def count(self, target: str, entity: str, op: str, day: str = "") -> None:
         key = (target, entity, op)
@@ -116,34 +119,66 @@ class _TargetRun:
         self.done, self.total = 0, 0
         self.progress: Callable[[str, int, int], None] | None = None
 
-    def apply(self, frame: pd.DataFrame, changes: list[EventChange]) -> set[str]:
-        """Send ``changes`` (one per row of ``frame``); the keys of those that landed."""
+    def apply(
+        self,
+        frame: pd.DataFrame,
+        changes: list[EventChange],
+        retry: RetryRounds | None = None,
+    ) -> set[str]:
+        """Send ``changes`` (one per row of ``frame``); the keys of those that landed.
+
+        A change that failed with a transient error (the service said "later" more times than
+        the provider retries one request) is sent again in a later round, after a pause: a
+        bad minute of the service costs time, not a failed change. A permanent failure is
+        final at once. Sending a change again is safe: a create looks up our tag and key
+        first (and keeps its attempt id), an update or delete carries the version it read.
+        """
         rows = {
             (c.op, c.event_key, c.calendar): row
             for c, row in zip(changes, frame.itertuples(index=False), strict=True)
         }
+        retry = retry or RetryRounds()
         landed: set[str] = set()
-        for result in self.provider.apply(changes):
-            self.done += 1
-            change = result.change
-            row = rows[(change.op, change.event_key, change.calendar)]
-            if result.ok:
-                landed.add(change.event_key)
-                snap = None if change.op == "delete" else _snapshot_row(self.target, row, result)
-                self.pending.append((result, snap))
-                # A move counts once, when its create half lands.
-                if row.op != "move" or change.op == "create":
-                    self.outcome.count(
-                        self.target, str(row.legal_entity), row.op, str(row.partition_date)
+        todo = changes
+        for round_no in range(retry.rounds + 1):
+            again: list[EventChange] = []
+            for result in self.provider.apply(todo):
+                change = result.change
+                row = rows[(change.op, change.event_key, change.calendar)]
+                if not result.ok and not result.permanent and round_no < retry.rounds:
+                    again.append(change)
+                    continue
+                self.done += 1
+                if result.ok:
+                    landed.add(change.event_key)
+                    snap = (
+                        None if change.op == "delete" else _snapshot_row(self.target, row, result)
                     )
-            else:
-                self.fail(row, result)
-            if (
-                len(self.pending) >= FLUSH_EVERY
-                or time.monotonic() - self.last_flush > FLUSH_SECONDS
-            ):
-                self.flush()
-                self.log.info(f"target {self.target}: {self.done}/{self.total} changes done")
+                    self.pending.append((result, snap))
+                    # A move counts once, when its create half lands.
+                    if row.op != "move" or change.op == "create":
+                        self.outcome.count(
+                            self.target, str(row.legal_entity), row.op, str(row.partition_date)
+                        )
+                else:
+                    self.fail(row, result)
+                if (
+                    len(self.pending) >= FLUSH_EVERY
+                    or time.monotonic() - self.last_flush > FLUSH_SECONDS
+                ):
+                    self.flush()
+                    self.log.info(f"target {self.target}: {self.done}/{self.total} changes done")
+            if not again:
+                break
+            self.flush()
+            self.outcome.resent += len(again)
+            self.log.warning(
+                f"target {self.target}: {len(again)} change(s) failed with a transient error "
+                f"(the service kept saying 'later'); sending them again in "
+                f"{retry.pause_seconds:g}s (round {round_no + 2} of {retry.rounds + 1})"
+            )
+            time.sleep(retry.pause_seconds)
+            todo = again
         return landed
 
     def fail(self, row, result: ChangeResult) -> None:
@@ -188,6 +223,7 @@ def apply_diff(
     log: logging.Logger | None = None,
     outcome: SyncOutcome | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    retry_for: Callable[[str], RetryRounds] | None = None,
 ) -> SyncOutcome:
     """Apply every target's changes; each confirmed change reaches the snapshot, failures are kept.
 
@@ -197,7 +233,8 @@ def apply_diff(
     the old event and adopt it, and the delete would then remove it; and a move killed
     between its halves has no snapshot row, so the next run creates (never blind) again.
     ``outcome`` collects what landed even if a target stops the run; ``on_progress`` gets
-    (target, changes done, changes planned) as they land.
+    (target, changes done, changes planned) as they land; ``retry_for`` gives a target's
+    rounds for changes that failed with a transient error (none by default).
     """
     log = log or logging.getLogger(__name__)
     outcome = outcome if outcome is not None else SyncOutcome()
@@ -206,17 +243,18 @@ def apply_diff(
         target = str(target)
         run = _TargetRun(target, provider_for(target), state, run_id, outcome, log)
         run.progress, run.total = on_progress, len(frame)
+        retry = retry_for(target) if retry_for else None
         log.info(f"target {target}: applying {len(frame)} changes")
         try:
             first = frame[frame["op"].isin(["delete", "move"])]
-            freed = run.apply(first, _delete_halves(first)) if len(first) else set()
+            freed = run.apply(first, _delete_halves(first), retry) if len(first) else set()
             run.flush()
             moves = frame["op"].eq("move") & frame["event_key"].isin(freed)
             second = frame[frame["op"].isin(["create", "update"]) | moves]
             if len(second):
                 creates = second[second["op"].isin(["create", "move"])]
                 attempts = state.open_intents(target, _intents(creates), run_id)
-                run.apply(second, changes_for(second, attempts))
+                run.apply(second, changes_for(second, attempts), retry)
         except FatalProviderError as err:
             run.flush()
             raise Failure(description=f"target {target}: {err}") from err
@@ -309,6 +347,7 @@ def build_calendar_sync(
                 context.log,
                 outcome=outcome,
                 on_progress=_report_progress,
+                retry_for=settings.retry_rounds,
             )
         except Failure as stop:
             # What landed before the stop is in the snapshot; the CLI and the UI say so.
@@ -340,6 +379,7 @@ def build_calendar_sync(
             metadata={
                 "targets": MetadataValue.json(target_names),
                 "run_partitions": len(index.keys),
+                "changes_sent_again": outcome.resent,
             },
             value=summary,
         )

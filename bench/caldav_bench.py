@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.events import sample_payload
+from bench.events import sample_payload, update_of
 from resources.providers.base import EventChange
 from resources.providers.caldav import CalDavProvider, CalDavSettings
 from tests.emulators.pki import make_test_pki
@@ -85,17 +85,7 @@ def main() -> None:
         ]
         row, created = _phase("create", provider, lambda: provider.apply(creates))
         rows.append(row)
-        updates = [
-            EventChange(
-                "update",
-                r.change.event_key,
-                r.change.calendar,
-                sample_payload(int(r.change.event_key.split("-")[1]), "Away"),
-                r.provider_event_id,
-                r.version,
-            )
-            for r in created
-        ]
+        updates = [update_of(r, "Away") for r in created]
         row, updated = _phase("update", provider, lambda: provider.apply(updates))
         rows.append(row)
         again = [EventChange("create", u.event_key, u.calendar, u.event) for u in updates]

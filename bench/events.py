@@ -1,8 +1,11 @@
-"""Sample events for the provider benchmarks: every fourth timed, every fifth pending."""
+"""Sample events for the provider benchmarks (every fourth timed, every fifth pending), and
+what the benchmarks share besides: an update of what a run wrote, a printed table."""
 
 from __future__ import annotations
 
-from resources.providers.base import EventPayload
+from typing import Any
+
+from resources.providers.base import ChangeResult, EventChange, EventPayload
 
 
 def sample_payload(n: int, title: str, timezone: str = "Europe/Berlin") -> EventPayload:
@@ -21,3 +24,26 @@ def sample_payload(n: int, title: str, timezone: str = "Europe/Berlin") -> Event
         status="tentative" if pending else "confirmed",
         show_as="tentative" if pending else "oof",
     )
+
+
+def update_of(result: ChangeResult, title: str) -> EventChange:
+    """An update of the sample event this result wrote (by its id and version): a new title."""
+    key = result.change.event_key
+    n = int(key.split("-")[1])
+    return EventChange(
+        "update",
+        key,
+        result.change.calendar,
+        sample_payload(n, title),
+        result.provider_event_id,
+        result.version,
+    )
+
+
+def print_table(rows: list[dict[str, Any]], leave_out: tuple[str, ...] = ()) -> None:
+    """The rows in aligned columns: the first row's keys, but ``leave_out``."""
+    columns = [c for c in rows[0] if c not in leave_out]
+    widths = [max(len(c), *(len(str(r.get(c))) for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        print("  ".join(str(row.get(c)).ljust(w) for c, w in zip(columns, widths, strict=True)))

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.events import sample_payload
+from bench.events import print_table, sample_payload, update_of
 from resources.providers.base import ChangeResult, EventChange
 from resources.providers.ews import EwsCalendarProvider
 from resources.providers.ews.bulk import LOOKUP_KEYS
@@ -86,17 +86,7 @@ def _look_up_cost(mailboxes: int, events: int, concurrent: int) -> dict[str, flo
         first = Counter(r.op for r in emulator.requests)
         # The next run: HR changed every fifth leave (updates by known id), then nothing.
         before = len(emulator.requests)
-        updates = [
-            EventChange(
-                "update",
-                r.change.event_key,
-                r.change.calendar,
-                sample_payload(int(r.change.event_key[6:]), "Away"),
-                r.provider_event_id,
-                r.version,
-            )
-            for r in results[::5]
-        ]
+        updates = [update_of(r, "Away") for r in results[::5]]
         updated = list(provider.apply(updates))
         update_run = Counter(r.op for r in emulator.requests[before:])
         before = len(emulator.requests)
@@ -118,14 +108,6 @@ def _look_up_cost(mailboxes: int, events: int, concurrent: int) -> dict[str, flo
         "update_run_lookup_requests": update_run.get("FindItem", 0),
         "nothing_changed_requests": idle,
     }
-
-
-def _table(rows: list[dict]) -> None:
-    columns = [c for c in rows[0] if c != "requests_by_operation"]
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in rows:
-        print("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
 
 
 def main() -> None:
@@ -156,30 +138,10 @@ def main() -> None:
     try:
         row, created = _phase("create", provider, emulator, creates)
         rows.append(row)
-        updates = [
-            EventChange(
-                "update",
-                r.change.event_key,
-                r.change.calendar,
-                sample_payload(int(r.change.event_key.split("-")[1]), "Away"),
-                r.provider_event_id,
-                r.version,
-            )
-            for r in created
-        ]
+        updates = [update_of(r, "Away") for r in created]
         row, updated = _phase("update", provider, emulator, updates)
         rows.append(row)
-        again = [
-            EventChange(
-                "update",
-                r.change.event_key,
-                r.change.calendar,
-                sample_payload(int(r.change.event_key.split("-")[1]), "Leave"),
-                r.provider_event_id,
-                r.version,
-            )
-            for r in updated
-        ]
+        again = [update_of(r, "Leave") for r in updated]
         emulator.fault_rate = args.fault_rate
         row, updated = _phase(f"update, {args.fault_rate:.0%} faults", provider, emulator, again)
         rows.append(row)
@@ -203,7 +165,7 @@ def main() -> None:
         f"EWS provider vs emulator: {args.mailboxes} mailboxes, chunks of 100, "
         f"{args.concurrent_mailboxes} mailboxes at a time"
     )
-    _table(rows)
+    print_table(rows, leave_out=("requests_by_operation",))
     print(f"items left after deletes: {leftover}")
     n = args.lookup_events
     shapes = [int(s) for s in args.lookup_shapes.split(",")]
@@ -212,7 +174,7 @@ def main() -> None:
         f"\nLook-up before creates, first sync of {n:,} events ({LOOKUP_KEYS} keys per FindItem; "
         "goal: <= 3 extra requests per 100 events; 0 on a run with nothing to create)"
     )
-    _table(lookups)
+    print_table(lookups, leave_out=("requests_by_operation",))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.events import sample_payload
+from bench.events import print_table, sample_payload
 from resources.providers.base import EventChange
 from resources.providers.google import GoogleCalendarProvider
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
@@ -126,14 +126,6 @@ def _look_up_cost(users: int, events: int) -> dict[str, float | int | str]:
     }
 
 
-def _table(rows: list[dict]) -> None:
-    columns = list(rows[0])
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in rows:
-        print("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=20)
@@ -189,14 +181,14 @@ def main() -> None:
         f"Google provider vs emulator: {args.users} users, quota {args.user_per_minute:g}/min "
         f"per user, {args.project_per_minute:g}/min per project (binding {binding:g}/s)"
     )
-    _table(rows)
+    print_table(rows)
     n = args.lookup_events
     lookups = [_look_up_cost(users, n) for users in (20, 1_000, n // 2)]
     print(
         f"\nLook-up before creates, first sync of {n:,} events (goal: <= 3 HTTP requests "
         "per 100 events; 0 on a run with nothing to create)"
     )
-    _table(lookups)
+    print_table(lookups)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(

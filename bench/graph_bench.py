@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.events import sample_payload
+from bench.events import print_table, sample_payload
 from resources.providers.base import EventChange
 from resources.providers.graph import GraphCalendarProvider, GraphSettings
 from tests.emulators.graph import GraphEmulator
@@ -182,14 +182,6 @@ def _look_up_cost(mailboxes: int, events: int) -> dict[str, Any]:
         setup.close()
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    columns = list(rows[0])
-    widths = [max(len(c), *(len(str(r.get(c))) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in rows:
-        print("  ".join(str(row.get(c)).ljust(w) for c, w in zip(columns, widths, strict=True)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply event counts")
@@ -207,9 +199,9 @@ def main() -> None:
         _scenario("one mailbox, 2,000 events", 1, n(2000), None, None, 1.0, 0.002),
     ]
     cost = _look_up_cost(1000, n(10_000))
-    _print(rows)
+    print_table(rows)
     print()
-    _print([cost])
+    print_table([cost])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
     payload = {"provider": "microsoft_graph", "rows": rows, "look_up_cost": cost}

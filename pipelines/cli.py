@@ -338,6 +338,12 @@ def report(runs, dry_run: bool = False) -> int:
         if failed or not_applied:
             line += f"; failed: {failed}; not applied: {not_applied}"
         print(line)
+        sent_again = sum(r.sent_again for r in runs)
+        if sent_again:
+            print(
+                f"sent again after a transient error (the service kept saying 'later'): "
+                f"{sent_again} change(s); failed counts what still failed after that"
+            )
     code = exit_code(runs)
     bad = [r for r in runs if r.status not in ("ok", "planned")]
     if bad:

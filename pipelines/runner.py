@@ -120,6 +120,7 @@ class EntityRun:
     label: str = ""  # the legal entity's code(s) in HR
     planned: int = 0  # changes the diff asked for
     extracted: int = 0  # leaves extracted
+    sent_again: int = 0  # changes sent again after a transient failure (retry_rounds)
 
     def counts(self) -> dict[str, int]:
         """Written, failed, unchanged and quarantined, summed over the legal entities touched."""
@@ -418,6 +419,8 @@ def _execute(
         meta = mat.materialization.metadata
         if name == HR_LEAVES and "run_rows" in meta:
             run.extracted = int(meta["run_rows"].value)
+        if name == sync.CALENDAR_SYNC and "changes_sent_again" in meta:
+            run.sent_again = max(run.sent_again, int(meta["changes_sent_again"].value))
     try:
         # calendar_sync's value: its per-entity summary (its materializations are per partition).
         summary = result.output_for_node(sync.CALENDAR_SYNC)

@@ -183,6 +183,17 @@ class TargetConfig(_Model):
     serves: Serves = Serves()
     hours_instead_of_all_day: bool = False
     drift_policy: Literal["repair", "report"] = "repair"
+    retry_rounds: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="times a change that failed with a transient error (the service kept "
+        "answering 429/503 or dropping the connection past the provider's max_attempts) is "
+        "sent again at the end of the apply",
+    )
+    retry_pause_seconds: float = Field(
+        default=10.0, ge=0, le=600, description="pause before each such round"
+    )
     settings: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("type")

@@ -8,6 +8,7 @@ from pydantic import PrivateAttr
 from resources.config import AppConfig, TargetConfig
 from resources.providers import provider_class
 from resources.providers.base import CalendarProvider
+from resources.providers.retry import RetryRounds
 
 
 class LeavesyncSettings(ConfigurableResource):
@@ -25,6 +26,11 @@ class LeavesyncSettings(ConfigurableResource):
 
     def target(self, name: str) -> TargetConfig:
         return next(t for t in self.app().targets if t.name == name)
+
+    def retry_rounds(self, name: str) -> RetryRounds:
+        """A target's rounds for changes that failed with a transient error."""
+        target = self.target(name)
+        return RetryRounds(target.retry_rounds, target.retry_pause_seconds)
 
     def provider(self, name: str) -> CalendarProvider:
         """The provider of a target, built on first use (secrets are read from the environment then)."""

@@ -103,6 +103,16 @@ def mariadb_url() -> Iterator[str]:
     drop()
 
 
+@pytest.fixture(scope="module")
+def xandikos(tmp_path_factory):
+    """A Xandikos CalDAV server, one per test module."""
+    from tests.servers.caldav_servers import XandikosServer
+
+    server = XandikosServer(tmp_path_factory.mktemp("xandikos"))
+    yield server.start()
+    server.stop()
+
+
 @dataclass(frozen=True)
 class PostgresRole:
     """A login role with a password, allowed to use and create in a throw-away schema."""

@@ -94,6 +94,29 @@ def sqlite_values(path: Path) -> list[bytes]:
     return values
 
 
+def wanted_keys(hr: Any) -> set[str]:
+    """The event keys of every leave HR wants in a calendar (pending or approved)."""
+    with hr.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT id FROM leaves WHERE status IN ('pending', 'approved')"
+        ).fetchall()
+    return {f"leave-{r[0]}" for r in rows}
+
+
+def fail_first_snapshot_write(monkeypatch: Any) -> None:
+    """The next snapshot write raises (the run dies with its changes written, unrecorded)."""
+    record = StateStore.record_changes
+    crashed = []
+
+    def crash_once(self, *args, **kwargs):
+        if not crashed:
+            crashed.append(True)
+            raise RuntimeError("killed before the snapshot was written")
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(StateStore, "record_changes", crash_once)
+
+
 def sync_command(
     cfg: AppConfig, scopes: list[EntityScope], die: Callable[..., None] | None = None, *args: Any
 ) -> list[str]:

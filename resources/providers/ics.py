@@ -9,7 +9,9 @@ names are moved to their private names the first time they are seen.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import json
@@ -49,6 +51,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
 # Rotation counts, by an HMAC of the mailbox (not the feed's token): a dot file, which the
 # README's nginx configuration refuses to serve, and which tells nothing without the key.
 ROTATIONS_FILE = ".leavesync-rotations.json"
+# Held shared while a sync reads, rewrites and writes a feed, and exclusive by a rotation or
+# the migration to private names: a sync never writes a feed back under the name a rotation
+# just retired (the old URL would answer again, and the new file would miss the change).
+LOCK_FILE = ".leavesync.lock"
 
 
 class IcsSettings(ProviderSettings):
@@ -146,13 +152,27 @@ class IcsProvider(CalendarProvider):
         relative = self.path_for(calendar).relative_to(self.directory).as_posix()
         return self.settings.base_url.rstrip("/") + "/" + relative
 
+    @contextlib.contextmanager
+    def _feeds_lock(self, exclusive: bool) -> Iterator[None]:
+        """The feed directory's lock (LOCK_FILE); released when the process dies too."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / LOCK_FILE, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+
     def rotate(self, calendar: str) -> Path:
-        """Give a mailbox a new feed name; the feed moves there, so its old URL stops working."""
+        """Give a mailbox a new feed name; the feed moves there, so its old URL stops working.
+
+        Waits for syncs writing feeds at that moment (the directory's lock)."""
         if self._key is None:
             raise FatalProviderError(
                 f"ics target {self.target_name}: cannot rotate a feed name without a key in "
                 f"{self.settings.feed_key_env} (settings.feed_key_env)"
             )
+        with self._feeds_lock(exclusive=True):
+            return self._rotate(calendar)
+
+    def _rotate(self, calendar: str) -> Path:
         old = self.path_for(calendar)
         rotations = self._rotations()
         ident = self._rotation_id(calendar)
@@ -176,6 +196,10 @@ class IcsProvider(CalendarProvider):
         self._migrated = True
         if self._key is None or not self.directory.is_dir():
             return 0
+        with self._feeds_lock(exclusive=True):
+            return self._migrate()
+
+    def _migrate(self) -> int:
         moved = 0
         for path in self.directory.glob("*@*.ics"):
             mailbox = path.name[: -len(".ics")]
@@ -213,11 +237,17 @@ class IcsProvider(CalendarProvider):
         if not self._migrated:
             self.migrate()
         for calendar, group in by_calendar.items():
-            self.path_for(calendar).parent.mkdir(parents=True, exist_ok=True)
             yield from self._apply_calendar(calendar, group)
 
     def _apply_calendar(self, calendar: str, changes: list[EventChange]) -> Iterator[ChangeResult]:
+        # The feed's name, read and write under the lock; the results are told after it.
+        with self._feeds_lock(exclusive=False):
+            results = list(self._write_calendar(calendar, changes))
+        yield from results
+
+    def _write_calendar(self, calendar: str, changes: list[EventChange]) -> Iterator[ChangeResult]:
         path = self.path_for(calendar)
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             feed = _read_text(path) or FeedText.empty(self._new_calendar(calendar).to_ical())
         except (ValueError, UnicodeDecodeError) as err:
@@ -316,7 +346,8 @@ class IcsProvider(CalendarProvider):
         if not self._migrated:
             self.migrate()
         for calendar in calendars:
-            feed = _read(self.path_for(calendar))
+            with self._feeds_lock(exclusive=False):
+                feed = _read(self.path_for(calendar))
             if feed is None:
                 continue
             for comp in feed.walk("VEVENT"):

@@ -24,6 +24,15 @@ class Backoff:
         return random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
 
 
+@dataclass(frozen=True)
+class RetryRounds:
+    """How often a change that failed with a transient error is sent again at the end of the
+    apply (a target's retry_rounds), and after what pause; Backoff retries one request."""
+
+    rounds: int = 0
+    pause_seconds: float = 0.0
+
+
 class RateLimiter:
     """Token bucket: at most ``rate`` acquisitions per ``per`` seconds, bursts up to ``burst``."""
 

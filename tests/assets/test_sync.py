@@ -1,11 +1,17 @@
-"""calendar_sync's intent journal: a create's attempt id, journaled before it is sent."""
+"""calendar_sync: the intent journal (a create's attempt id, journaled before it is sent) and
+the rounds that send a change again after a transient failure."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+import pandas as pd
+import sqlalchemy as sa
+
 from assets.sync import apply_diff
 from resources.providers.base import ChangeResult
+from resources.providers.retry import RetryRounds
+from resources.state import change_failures_table
 from tests.harness import Pipeline, make_config, scope
 
 D = dt.date.today() + dt.timedelta(days=3)
@@ -102,3 +108,97 @@ def test_a_journaled_create_to_another_calendar_gets_its_own_attempt_id(home, hr
         "ann.martin@example.com",
         "ann@example.com",
     ]
+
+
+class SaysLater:
+    """The real ics provider, except that each create fails ``times`` times with a transient
+    error first (a 503 that outlasted the provider's own retries); ``permanent``: a refusal."""
+
+    def __init__(self, pipeline: Pipeline, times: int, permanent: bool = False) -> None:
+        self.provider = pipeline.settings.provider("feeds")
+        self.left: dict[str, int] = {}
+        self.times, self.permanent = times, permanent
+        self.sends: list[tuple[str, str]] = []
+
+    def apply(self, changes):
+        passing = []
+        for c in changes:
+            self.sends.append((c.op, c.event_key))
+            left = self.left.setdefault(c.event_key, self.times)
+            if c.op == "create" and left:
+                self.left[c.event_key] = left - 1
+                yield ChangeResult(c, ok=False, error="HTTP 503", permanent=self.permanent)
+            else:
+                passing.append(c)
+        yield from self.provider.apply(passing)
+
+
+def _failures(p: Pipeline) -> pd.DataFrame:
+    with p.state.engine().connect() as conn:
+        return pd.DataFrame(conn.execute(sa.select(change_failures_table)).mappings().all())
+
+
+def _two_leaves(home, hr) -> tuple[Pipeline, list[str]]:
+    hr.employee(1, email="ann@example.com")
+    keys = [f"leave-{hr.leave(1, D)}", f"leave-{hr.leave(1, D + dt.timedelta(days=2))}"]
+    return Pipeline(make_config(home, hr.url)), keys
+
+
+def test_a_change_that_failed_with_a_transient_error_is_sent_again_and_lands(home, hr):
+    p, keys = _two_leaves(home, hr)
+    later = SaysLater(p, times=1)
+    progress: list[tuple[int, int]] = []
+
+    outcome = apply_diff(
+        p.plan(SCOPES),
+        lambda name: later,
+        p.state,
+        "run",
+        retry_for=lambda name: RetryRounds(rounds=1, pause_seconds=0),
+        on_progress=lambda target, done, total: progress.append((done, total)),
+    )
+
+    assert outcome.failed == [] and outcome.resent == 2
+    assert sorted(later.sends) == sorted([("create", k) for k in keys] * 2)
+    assert sorted(p.state.snapshot_all()["event_key"]) == sorted(keys)
+    assert p.state.unresolved_intents("feeds").empty
+    assert _failures(p).empty
+    assert progress[-1] == (2, 2)  # each change counted done once, not once per send
+
+
+def test_the_rounds_end_and_what_still_fails_is_reported_once(home, hr):
+    p, keys = _two_leaves(home, hr)
+    later = SaysLater(p, times=3)
+
+    outcome = apply_diff(
+        p.plan(SCOPES),
+        lambda name: later,
+        p.state,
+        "run",
+        retry_for=lambda name: RetryRounds(rounds=2, pause_seconds=0),
+    )
+
+    assert sorted(f["event_key"] for f in outcome.failed) == sorted(keys)
+    assert len(later.sends) == 3 * 2  # the first send and two rounds, no more
+    assert len(_failures(p)) == 2 and p.state.snapshot_all().empty
+
+
+def test_a_permanent_failure_is_never_sent_again(home, hr):
+    p, keys = _two_leaves(home, hr)
+    refused = SaysLater(p, times=1, permanent=True)
+
+    outcome = apply_diff(
+        p.plan(SCOPES),
+        lambda name: refused,
+        p.state,
+        "run",
+        retry_for=lambda name: RetryRounds(rounds=3, pause_seconds=0),
+    )
+
+    assert sorted(f["event_key"] for f in outcome.failed) == sorted(keys)
+    assert outcome.resent == 0 and len(refused.sends) == 2
+
+
+def test_a_target_sends_transient_failures_again_once_by_default(home, hr):
+    p, _ = _two_leaves(home, hr)
+    assert p.settings.retry_rounds("feeds") == RetryRounds(rounds=1, pause_seconds=10.0)

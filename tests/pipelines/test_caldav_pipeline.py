@@ -17,7 +17,6 @@ from tests.servers.caldav_servers import (
     SERVICE_PASSWORD,
     SERVICE_USER,
     RadicaleServer,
-    XandikosServer,
 )
 from tests.servers.icalendar_rules import problems
 
@@ -31,13 +30,6 @@ def radicale_https(tmp_path_factory):
     pki = make_test_pki(tmp_path_factory.mktemp("pki"))
     users = [f"p{i}@example.com" for i in range(1, 120)]
     server = RadicaleServer(tmp_path_factory.mktemp("radicale"), users, pki)
-    yield server.start()
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def xandikos(tmp_path_factory):
-    server = XandikosServer(tmp_path_factory.mktemp("xandikos"))
     yield server.start()
     server.stop()
 

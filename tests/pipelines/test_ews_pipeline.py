@@ -15,14 +15,11 @@ import pytest
 from assets.drift import measure_drift
 from resources.providers.base import EventPayload, changed_fields
 from resources.providers.ews.mapping import KEY_PROPERTY
-from resources.state import StateStore
 from tests.emulators.ews import EwsEmulator
-from tests.harness import Pipeline, make_config, scope
+from tests.harness import Pipeline, fail_first_snapshot_write, make_config, wanted_keys
+from tests.pipelines.eight_employees import EMPLOYEES, SCOPES, D, seed, sync
 
-D = dt.date(2026, 3, 2)
 PASSWORD_ENV = "LEAVESYNC_TEST_EWS_PASSWORD"
-EMPLOYEES = {i: f"emp{i}@example.com" for i in range(1, 9)}
-SCOPES = [scope("FR", D, D + dt.timedelta(days=40)), scope("US", D, D + dt.timedelta(days=40))]
 
 
 @pytest.fixture
@@ -47,25 +44,6 @@ def target(emulator: EwsEmulator) -> dict:
     }
 
 
-def seed(hr) -> list[int]:
-    """Eight employees in two entities; whole days, half days (timed), pending ones."""
-    for i, email in EMPLOYEES.items():
-        hr.employee(i, "FR" if i <= 4 else "US", email)
-    ids = []
-    for i in EMPLOYEES:
-        day = D + dt.timedelta(days=i)
-        ids.append(hr.leave(i, day, day + dt.timedelta(days=1)))
-        ids.append(hr.leave(i, day + dt.timedelta(days=10), start_half="PM"))
-        ids.append(hr.leave(i, day + dt.timedelta(days=12), status="pending", end_half="AM"))
-    return ids
-
-
-def sync(p: Pipeline) -> dict:
-    result, outcome = p.sync(SCOPES)
-    assert outcome is not None and not outcome.failed, outcome and outcome.failed
-    return result.diff.counts()[["create", "update", "delete"]].sum().to_dict()
-
-
 def live_keys(emulator: EwsEmulator) -> Counter:
     """Our keys in the employees' calendars, straight from the emulator's store."""
     return Counter(
@@ -74,14 +52,6 @@ def live_keys(emulator: EwsEmulator) -> Counter:
         for item in emulator.items(user)
         if item.extended_value(KEY_PROPERTY)
     )
-
-
-def wanted_keys(hr) -> set[str]:
-    with hr.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT id FROM leaves WHERE status IN ('pending', 'approved')"
-        ).fetchall()
-    return {f"leave-{r[0]}" for r in rows}
 
 
 def created_items(emulator: EwsEmulator, since: int = 0) -> int:
@@ -174,16 +144,7 @@ def test_older_state_store_restored_then_hr_edits_no_duplicates(home, hr, exchan
 def test_crash_between_create_and_snapshot_then_hr_edits(home, hr, exchange, monkeypatch):
     ids = seed(hr)
     cfg = make_config(home, hr.url, targets=[target(exchange)])
-    record = StateStore.record_changes
-    crashed = []
-
-    def crash_once(self, *args, **kwargs):
-        if not crashed:
-            crashed.append(True)
-            raise RuntimeError("killed before the snapshot was written")
-        return record(self, *args, **kwargs)
-
-    monkeypatch.setattr(StateStore, "record_changes", crash_once)
+    fail_first_snapshot_write(monkeypatch)
     with pytest.raises(RuntimeError, match="killed"):
         sync(Pipeline(cfg))
     # Written to Exchange, unknown to the snapshot.

@@ -11,13 +11,11 @@ from collections import Counter
 import pytest
 
 from resources.providers.base import EventPayload, changed_fields
-from resources.state import StateStore
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
-from tests.harness import Pipeline, make_config, scope
+from tests.harness import Pipeline, fail_first_snapshot_write, make_config, wanted_keys
+from tests.pipelines.eight_employees import EMPLOYEES, D, seed, sync
 
-D = dt.date(2026, 3, 2)
 KEY_ENV = "LEAVESYNC_TEST_GOOGLE_KEY"
-EMPLOYEES = {i: f"emp{i}@example.com" for i in range(1, 9)}
 
 
 @pytest.fixture
@@ -45,40 +43,12 @@ def target(emulator: GoogleCalendarEmulator, **settings) -> dict:
     }
 
 
-def seed(hr) -> list[int]:
-    """Eight employees in two entities; whole days, half days (timed), pending ones."""
-    for i, email in EMPLOYEES.items():
-        hr.employee(i, "FR" if i <= 4 else "US", email)
-    ids = []
-    for i in EMPLOYEES:
-        day = D + dt.timedelta(days=i)
-        ids.append(hr.leave(i, day, day + dt.timedelta(days=1)))
-        ids.append(hr.leave(i, day + dt.timedelta(days=10), start_half="PM"))
-        ids.append(hr.leave(i, day + dt.timedelta(days=12), status="pending", end_half="AM"))
-    return ids
-
-
-def sync(p: Pipeline):
-    span = (D, D + dt.timedelta(days=40))
-    result, outcome = p.sync([scope("FR", *span), scope("US", *span)])
-    assert outcome is not None and not outcome.failed, outcome and outcome.failed
-    return result.diff.counts()[["create", "update", "delete"]].sum().to_dict()
-
-
 def live_keys(emulator: GoogleCalendarEmulator) -> Counter:
     return Counter(
         e["extendedProperties"]["private"]["leavesyncKey"]
         for user in EMPLOYEES.values()
         for e in emulator.events(user)
     )
-
-
-def wanted_keys(hr) -> set[str]:
-    with hr.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT id FROM leaves WHERE status IN ('pending', 'approved')"
-        ).fetchall()
-    return {f"leave-{r[0]}" for r in rows}
 
 
 def assert_calendars_match(p: Pipeline, emulator: GoogleCalendarEmulator, hr, stale=()) -> None:
@@ -154,16 +124,7 @@ def test_crash_between_create_and_snapshot_then_hr_edits(home, hr, google, monke
     ids = seed(hr)
     cfg = make_config(home, hr.url, targets=[target(google)])
 
-    record = StateStore.record_changes
-    crashed = []
-
-    def crash_once(self, *args, **kwargs):
-        if not crashed:
-            crashed.append(True)
-            raise RuntimeError("killed before the snapshot was written")
-        return record(self, *args, **kwargs)
-
-    monkeypatch.setattr(StateStore, "record_changes", crash_once)
+    fail_first_snapshot_write(monkeypatch)
     with pytest.raises(RuntimeError, match="killed"):
         sync(Pipeline(cfg))
     assert sum(live_keys(google).values()) == 24  # written, but the snapshot knows nothing

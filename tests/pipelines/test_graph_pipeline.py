@@ -22,7 +22,15 @@ import pytest
 from resources.providers.base import EventPayload, changed_fields
 from resources.state import StateStore
 from tests.emulators.graph import GraphEmulator
-from tests.harness import REPO, Pipeline, child_env, make_config, scope, sync_command
+from tests.harness import (
+    REPO,
+    Pipeline,
+    child_env,
+    make_config,
+    scope,
+    sync_command,
+    wanted_keys,
+)
 
 D = dt.date(2026, 3, 2)
 SPAN = (D, D + dt.timedelta(days=60))
@@ -92,26 +100,18 @@ def held(emulator: GraphEmulator, mailboxes=None) -> Counter:
     )
 
 
-def wanted(hr) -> set[str]:
-    with hr.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT id FROM leaves WHERE status IN ('pending', 'approved')"
-        ).fetchall()
-    return {f"leave-{r[0]}" for r in rows}
-
-
 def assert_calendars_match(p: Pipeline, emulator: GraphEmulator, hr, stale=()) -> None:
     """Every leave HR wants is there exactly once, as the snapshot says it was written."""
     keys = held(emulator)
     assert {k: n for k, n in keys.items() if n > 1} == {}, "duplicates"
-    assert set(keys) == wanted(hr) | set(stale)
+    assert set(keys) == wanted_keys(hr) | set(stale)
     provider = p.settings.provider("m365")
     remote = {
         r.event_key: r
         for r in provider.read_back(EMPLOYEES.values(), SPAN[0], SPAN[1] + dt.timedelta(days=1))
     }
     snapshot = p.state.snapshot_all("m365").set_index("event_key")
-    for key in wanted(hr):
+    for key in wanted_keys(hr):
         written = EventPayload.from_dict(json.loads(snapshot.loc[key, "payload"]))
         assert changed_fields(written, remote[key].payload, provider.compared_fields) == [], key
         assert snapshot.loc[key, "provider_event_id"] == remote[key].provider_event_id, key

@@ -2,9 +2,10 @@
 
 Each target's calendars are read straight from its store (the feed files, the emulator's
 memory), not through our provider; content is compared through the provider's read-back.
-Every target is here: ics, Google, Graph, EWS (emulators) and CalDAV (Radicale). Three rows of
-the issue, each on every target: state deleted then HR changes; an older copy restored then HR
-edits; a process killed during apply (SIGKILL after half the snapshot rows) then HR edits.
+Every target is here (tests/live_targets.py): ics, Google, Graph, EWS (emulators) and CalDAV
+(Radicale). Three rows of the issue, each on every target: state deleted then HR changes; an
+older copy restored then HR edits; a process killed during apply (SIGKILL after half the
+snapshot rows) then HR edits.
 """
 
 from __future__ import annotations
@@ -20,18 +21,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from icalendar import Calendar
 
 from assets.drift import measure_drift
 from resources.providers.base import EventPayload, changed_fields
-from resources.providers.ics import KEY_PROP, feed_file_name
 from resources.state import StateStore
 from tests.harness import Pipeline, make_config, scope, sync_in_subprocess
+from tests.live_targets import live_targets
 
 D = dt.date.today() + dt.timedelta(days=3)
 END = D + dt.timedelta(days=60)
 SCOPES = [scope("FR", D, END), scope("US", D, END)]
 EMPLOYEES = {i: f"emp{i}@example.com" for i in range(1, 21)}
+
+
+# Retries without waiting, should an emulator answer "try later" (none is told to here).
+FAST_RETRIES = {
+    "google": {"backoff_base_seconds": 0.01},
+    "ews": {"backoff_base": 0.01, "backoff_cap": 0.2},
+}
 
 
 @dataclass
@@ -42,142 +49,21 @@ class CalendarTarget:
     held: Callable[[], Counter]  # (calendar, event key) -> how many events
 
 
-def ics_target(home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
-    directory = home / "feeds"
-    by_file = {feed_file_name(e): e for e in EMPLOYEES.values()}
-
-    def held() -> Counter:
-        out: Counter = Counter()
-        for path in directory.glob("*.ics"):
-            for event in Calendar.from_ical(path.read_bytes()).walk("VEVENT"):
-                if event.get(KEY_PROP):
-                    out[(by_file[path.name], str(event.get(KEY_PROP)))] += 1
-        return out
-
-    yield CalendarTarget(
-        {"name": "feeds", "type": "ics", "settings": {"directory": str(directory)}}, held
-    )
-
-
-def google_target(home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
-    from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
-
-    info, public_key = make_service_account()
-    emulator = GoogleCalendarEmulator(info["client_email"], public_key, set(EMPLOYEES.values()))
-    emulator.start()
-    monkeypatch.setenv("LEAVESYNC_TEST_GOOGLE_KEY", json.dumps(info))
-
-    def held() -> Counter:
-        return Counter(
-            (user, e["extendedProperties"]["private"]["leavesyncKey"])
-            for user in EMPLOYEES.values()
-            for e in emulator.events(user)
-            if (e.get("extendedProperties") or {}).get("private", {}).get("leavesyncKey")
-        )
-
-    settings = {
-        "service_account_key_env": "LEAVESYNC_TEST_GOOGLE_KEY",
-        "api_base_url": emulator.base_url,
-        "token_uri": emulator.token_uri,
-        "backoff_base_seconds": 0.01,
-    }
-    try:
-        yield CalendarTarget({"name": "workspace", "type": "google", "settings": settings}, held)
-    finally:
-        emulator.stop()
-
-
-def graph_target(home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
-    from tests.emulators.graph import GraphEmulator
-
-    emulator = GraphEmulator.start(tmp_path / "pki")
-    client_id = "11111111-2222-3333-4444-555555555555"
-    emulator.register_app(client_id, "s3cret-value")
-    monkeypatch.setenv("LEAVESYNC_TEST_GRAPH_SECRET", "s3cret-value")
-
-    def held() -> Counter:
-        out: Counter = Counter()
-        for user in EMPLOYEES.values():
-            for event in emulator.events(user):
-                props = event.get("singleValueExtendedProperties") or []
-                for prop in props:
-                    if prop["id"].endswith("leavesyncKey"):
-                        out[(user, prop["value"])] += 1
-        return out
-
-    settings = {
-        "tenant_id": emulator.tenant_id,
-        "client_id": client_id,
-        "client_secret_env": "LEAVESYNC_TEST_GRAPH_SECRET",
-        "authority": emulator.base_url,
-        "graph_url": emulator.base_url,
-        "ca_bundle": str(emulator.pki.ca_file),
-    }
-    try:
-        yield CalendarTarget(
-            {"name": "m365", "type": "microsoft_graph", "settings": settings}, held
-        )
-    finally:
-        emulator.stop()
-
-
-def ews_target(home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
-    from resources.providers.ews.mapping import KEY_PROPERTY
-    from tests.emulators.ews import EwsEmulator
-
-    with EwsEmulator(list(EMPLOYEES.values())) as emulator:
-        monkeypatch.setenv("LEAVESYNC_TEST_EWS_PASSWORD", emulator.password)
-
-        def held() -> Counter:
-            return Counter(
-                (user, item.extended_value(KEY_PROPERTY))
-                for user in EMPLOYEES.values()
-                for item in emulator.items(user)
-                if item.extended_value(KEY_PROPERTY)
-            )
-
-        settings = {
-            "ews_url": emulator.url,
-            "username": emulator.username,
-            "password_env": "LEAVESYNC_TEST_EWS_PASSWORD",
-            "auth_type": "basic",
-            "backoff_base": 0.01,
-            "backoff_cap": 0.2,
-        }
-        yield CalendarTarget({"name": "exchange", "type": "ews", "settings": settings}, held)
-
-
-def caldav_target(home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
-    """Radicale, a real CalDAV server: held() reads its storage, not our provider."""
-    from tests.live_targets import LiveCaldav
-
-    live = LiveCaldav(tmp_path / "radicale").start(
-        sorted(EMPLOYEES.values()), "lost-" + uuid.uuid4().hex[:12]
-    )
+@pytest.fixture(params=sorted(["ics", "google", "microsoft_graph", "ews", "caldav"]))
+def target(request, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
+    """The target live (tests/live_targets.py): feeds, emulators, Radicale for CalDAV."""
+    live = live_targets([request.param], tmp_path / "live")[0]
+    live.start(sorted(EMPLOYEES.values()), "lost-" + uuid.uuid4().hex[:12])
     for name, value in live.env().items():
         monkeypatch.setenv(name, value)
-
-    def held() -> Counter:
-        return Counter((h.calendar, h.event_key) for h in live.held())
-
+    config = live.target()
+    config["settings"].update(FAST_RETRIES.get(request.param, {}))
     try:
-        yield CalendarTarget(live.target(), held)
+        yield CalendarTarget(
+            config, lambda: Counter((h.calendar, h.event_key) for h in live.held())
+        )
     finally:
         live.stop()
-
-
-TARGETS = {
-    "ics": ics_target,
-    "google": google_target,
-    "microsoft_graph": graph_target,
-    "ews": ews_target,
-    "caldav": caldav_target,
-}
-
-
-@pytest.fixture(params=sorted(TARGETS))
-def target(request, home, monkeypatch, tmp_path) -> Iterator[CalendarTarget]:
-    yield from TARGETS[request.param](home, monkeypatch, tmp_path)
 
 
 def seed(hr) -> list[int]:

@@ -7,11 +7,8 @@ import json
 
 import pytest
 
-from resources.providers.ews.mapping import KEY_PROPERTY
-from tests.emulators.ews import EwsEmulator
-from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
-from tests.emulators.graph import GraphEmulator
 from tests.harness import Pipeline, make_config, scope
+from tests.live_targets import live_targets
 
 ANN, BOB = "ann@example.com", "bob@example.com"
 D = dt.date(2026, 3, 2)
@@ -60,88 +57,27 @@ def run_cycle(home, hr, target: dict, holdings) -> None:
     assert reconcile(p) == {"create": 0, "update": 0, "delete": 0}
 
 
-def test_google_target(home, hr, monkeypatch):
-    info, public_key = make_service_account()
-    emulator = GoogleCalendarEmulator(info["client_email"], public_key, {ANN, BOB}).start()
-    monkeypatch.setenv("LEAVESYNC_TEST_GOOGLE_KEY", json.dumps(info))
+def run_live_cycle(kind: str, home, hr, monkeypatch, tmp_path) -> None:
+    """``run_cycle`` on the live target of this kind (tests/live_targets.py)."""
+    live = live_targets([kind], tmp_path / "live")[0].start([ANN, BOB], f"{kind}-s3cret-value")
     try:
-        target = {
-            "name": "workspace",
-            "type": "google",
-            "settings": {
-                "service_account_key_env": "LEAVESYNC_TEST_GOOGLE_KEY",
-                "api_base_url": emulator.base_url,
-                "token_uri": emulator.token_uri,
-                "batch_uri": emulator.batch_uri,
-            },
-        }
-
-        def holdings() -> list[str]:
-            return [
-                e["extendedProperties"]["private"]["leavesyncKey"]
-                for u in (ANN, BOB)
-                for e in emulator.events(u)
-            ]
-
-        run_cycle(home, hr, target, holdings)
+        for name, value in live.env().items():
+            monkeypatch.setenv(name, value)
+        run_cycle(home, hr, live.target(), lambda: [h.event_key for h in live.held()])
     finally:
-        emulator.stop()
+        live.stop()
+
+
+def test_google_target(home, hr, monkeypatch, tmp_path):
+    run_live_cycle("google", home, hr, monkeypatch, tmp_path)
 
 
 def test_microsoft_graph_target(home, hr, monkeypatch, tmp_path):
-    emulator = GraphEmulator.start(tmp_path / "pki")
-    client_id = "11111111-2222-3333-4444-555555555555"
-    emulator.register_app(client_id, "s3cret-value")
-    monkeypatch.setenv("LEAVESYNC_TEST_GRAPH_SECRET", "s3cret-value")
-    try:
-        target = {
-            "name": "m365",
-            "type": "microsoft_graph",
-            "settings": {
-                "tenant_id": emulator.tenant_id,
-                "client_id": client_id,
-                "client_secret_env": "LEAVESYNC_TEST_GRAPH_SECRET",
-                "authority": emulator.base_url,
-                "graph_url": emulator.base_url,
-                "ca_bundle": str(emulator.pki.ca_file),
-            },
-        }
-
-        def holdings() -> list[str]:
-            keys = []
-            for user in (ANN, BOB):
-                for event in emulator.events(user):
-                    props = event.get("singleValueExtendedProperties") or []
-                    keys += [p["value"] for p in props if p["id"].endswith("leavesyncKey")]
-            return keys
-
-        run_cycle(home, hr, target, holdings)
-    finally:
-        emulator.stop()
+    run_live_cycle("microsoft_graph", home, hr, monkeypatch, tmp_path)
 
 
-def test_ews_target(home, hr, monkeypatch):
-    with EwsEmulator([ANN, BOB]) as emulator:
-        monkeypatch.setenv("LEAVESYNC_TEST_EWS_PASSWORD", emulator.password)
-        target = {
-            "name": "exchange",
-            "type": "ews",
-            "settings": {
-                "ews_url": emulator.url,
-                "username": emulator.username,
-                "password_env": "LEAVESYNC_TEST_EWS_PASSWORD",
-                "auth_type": "basic",
-            },
-        }
-
-        def holdings() -> list[str]:
-            return [
-                item.extended_value(KEY_PROPERTY)
-                for user in (ANN, BOB)
-                for item in emulator.items(user)
-            ]
-
-        run_cycle(home, hr, target, holdings)
+def test_ews_target(home, hr, monkeypatch, tmp_path):
+    run_live_cycle("ews", home, hr, monkeypatch, tmp_path)
 
 
 @pytest.mark.parametrize("serves", [{"legal_entities": ["US"]}, {"email_domains": ["example.org"]}])

@@ -14,11 +14,11 @@ from resources.providers.base import EventChange, EventPayload, FatalProviderErr
 from resources.providers.caldav import CalDavProvider, CalDavSettings
 from resources.providers.caldav import session as session_module
 from tests.emulators.pki import make_test_pki
+from tests.resources.providers.payloads import TIMED, payload
 from tests.servers.caldav_servers import (
     SERVICE_PASSWORD,
     SERVICE_USER,
     RadicaleServer,
-    XandikosServer,
 )
 from tests.servers.fault_proxy import Fault, FaultProxy
 from tests.servers.icalendar_rules import problems
@@ -51,13 +51,6 @@ def radicale_http(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def xandikos(tmp_path_factory):
-    server = XandikosServer(tmp_path_factory.mktemp("xandikos"))
-    yield server.start()
-    server.stop()
-
-
 @pytest.fixture(params=["radicale_https", "radicale_http", "xandikos"])
 def server(request):
     return request.getfixturevalue(request.param)
@@ -85,25 +78,6 @@ def provider_for(server, base_url: str | None = None, **settings) -> CalDavProvi
     )
     values.update(settings)
     return CalDavProvider("dav", CalDavSettings(**values))
-
-
-def payload(key: str, **kw) -> EventPayload:
-    values = dict(
-        event_key=key,
-        leave_id=key.removeprefix("leave-"),
-        title="Absent",
-        all_day=True,
-        start="2026-03-02",
-        end="2026-03-05",
-        timezone="Europe/Paris",
-        status="confirmed",
-        show_as="oof",
-    )
-    values.update(kw)
-    return EventPayload(**values)
-
-
-TIMED = dict(all_day=False, start="2026-03-30T13:00:00", end="2026-03-30T18:00:00")
 
 
 def create(user: str, p: EventPayload) -> EventChange:

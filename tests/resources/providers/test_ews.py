@@ -23,6 +23,7 @@ from resources.providers.ews import EwsCalendarProvider
 from resources.providers.ews.mapping import KEY_PROPERTY, PROPERTY_SET_ID
 from resources.providers.ews.settings import EwsSettings
 from tests.emulators.ews import EwsEmulator, make_tls_files
+from tests.resources.providers import payloads
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 DENIED, GHOST = "denied@example.com", "ghost@example.com"
@@ -66,19 +67,7 @@ def make_provider(
 
 
 def all_day(key: str, start: str, end: str, **kw: object) -> EventPayload:
-    values: dict[str, object] = dict(
-        event_key=key,
-        leave_id=key.removeprefix("leave-"),
-        title="Absent",
-        all_day=True,
-        start=start,
-        end=end,
-        timezone="Europe/Paris",
-        status="confirmed",
-        show_as="oof",
-    )
-    values.update(kw)
-    return EventPayload(**values)  # type: ignore[arg-type]
+    return payloads.payload(key, start=start, end=end, **kw)
 
 
 def timed(key: str, start: str, end: str, **kw: object) -> EventPayload:

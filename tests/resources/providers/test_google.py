@@ -9,6 +9,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import jwt
 import pytest
@@ -28,6 +30,7 @@ from resources.providers.retry import Backoff
 from tests.emulators import google_calendar as emulator_module
 from tests.emulators.google_calendar import GoogleCalendarEmulator, make_service_account
 from tests.emulators.pki import make_test_pki
+from tests.resources.providers import payloads
 
 google_calendar = emulator_module.google_calendar  # the emulator fixture
 
@@ -58,19 +61,7 @@ def make_provider(
 
 
 def leave(n: int, **fields) -> EventPayload:
-    base = dict(
-        event_key=f"leave-{n}",
-        leave_id=str(n),
-        title="Absent",
-        all_day=True,
-        start="2025-07-01",
-        end="2025-07-04",
-        timezone="Europe/Paris",
-        status="confirmed",
-        show_as="oof",
-    )
-    base.update(fields)
-    return EventPayload(**base)
+    return payloads.payload(f"leave-{n}", **{"start": "2025-07-01", "end": "2025-07-04", **fields})
 
 
 def create(n: int, calendar: str = ALICE, **fields) -> EventChange:
@@ -410,36 +401,34 @@ def test_check_reports_what_is_missing(google_calendar, monkeypatch, setup, expe
     assert expected in report.render()
 
 
-def test_tls_with_a_custom_ca_bundle(monkeypatch, tmp_path):
-    ca, cert, key = _test_ca(tmp_path)
-    info, public_key = make_service_account()
-    emulator = GoogleCalendarEmulator(
-        info["client_email"], public_key, {ALICE}, tls=(str(cert), str(key))
-    ).start()
-    emulator.key_info = info
-    try:
-        # Without the bundle the emulator's certificate is refused: TLS is verified.
-        untrusted = make_provider(emulator, monkeypatch, max_attempts=1)
-        with pytest.raises(FatalProviderError, match="ca_bundle"):
-            list(untrusted.apply([create(1)]))
-        provider = make_provider(emulator, monkeypatch, ca_bundle=str(ca))
-        assert all(r.ok for r in provider.apply([create(1)]))
-        # An expired token is refreshed inside the batch execution, still over our CA.
-        creds = provider.signin.credentials_for(ALICE)
-        creds.token = "revoked"
-        assert all(r.ok for r in provider.apply([create(2)]))
-        remote = list(provider.read_back([ALICE], dt.date(2025, 7, 1), dt.date(2025, 8, 1)))
-        assert sorted(r.event_key for r in remote) == ["leave-1", "leave-2"]
-        assert provider.check(ALICE).ok
-        assert emulator.stats["token_requests"] >= 2
-    finally:
-        emulator.stop()
-
-
-def _test_ca(tmp_path):
-    """A throwaway CA and a certificate for 127.0.0.1 signed by it."""
+@pytest.fixture
+def tls_google(tmp_path) -> Iterator[tuple[Path, GoogleCalendarEmulator]]:
+    """The emulator over HTTPS, its certificate signed by a throwaway CA; that CA's file."""
     pki = make_test_pki(tmp_path / "pki")
-    return pki.ca_file, pki.cert_file, pki.key_file
+    info, public_key = make_service_account()
+    tls = (str(pki.cert_file), str(pki.key_file))
+    emulator = GoogleCalendarEmulator(info["client_email"], public_key, {ALICE}, tls=tls).start()
+    emulator.key_info = info
+    yield pki.ca_file, emulator
+    emulator.stop()
+
+
+def test_tls_with_a_custom_ca_bundle(monkeypatch, tls_google):
+    ca, emulator = tls_google
+    # Without the bundle the emulator's certificate is refused: TLS is verified.
+    untrusted = make_provider(emulator, monkeypatch, max_attempts=1)
+    with pytest.raises(FatalProviderError, match="ca_bundle"):
+        list(untrusted.apply([create(1)]))
+    provider = make_provider(emulator, monkeypatch, ca_bundle=str(ca))
+    assert all(r.ok for r in provider.apply([create(1)]))
+    # An expired token is refreshed inside the batch execution, still over our CA.
+    creds = provider.signin.credentials_for(ALICE)
+    creds.token = "revoked"
+    assert all(r.ok for r in provider.apply([create(2)]))
+    remote = list(provider.read_back([ALICE], dt.date(2025, 7, 1), dt.date(2025, 8, 1)))
+    assert sorted(r.event_key for r in remote) == ["leave-1", "leave-2"]
+    assert provider.check(ALICE).ok
+    assert emulator.stats["token_requests"] >= 2
 
 
 # -- event types and generations (#18, #21) ----------------------------------------------
@@ -727,33 +716,23 @@ def test_a_bad_ca_bundle_is_fatal_at_once_and_never_retried(
 
 
 def test_untrusted_certificate_is_fatal_names_the_host_and_ignores_ca_variables(
-    monkeypatch, tmp_path
+    monkeypatch, tls_google
 ):
-    ca, cert, key = _test_ca(tmp_path)
-    info, public_key = make_service_account()
-    emulator = GoogleCalendarEmulator(
-        info["client_email"], public_key, {ALICE}, tls=(str(cert), str(key))
-    ).start()
-    emulator.key_info = info
-    try:
-        # One TLS policy for every provider: environment CA variables are honoured by none.
-        for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPLIB2_CA_CERTS"):
-            monkeypatch.setenv(var, str(ca))
-        provider = make_provider(emulator, monkeypatch, max_attempts=8)
-        host = emulator.base_url.split("//")[1].rstrip("/")
-        delays = []
-        real_delay = Backoff.delay
-        monkeypatch.setattr(
-            Backoff, "delay", lambda self, *a: delays.append(a) or real_delay(self, *a)
-        )
-        with pytest.raises(FatalProviderError, match="ca_bundle") as raised:
-            list(provider.apply([create(n) for n in range(10)]))
-        assert host in str(raised.value) and "not retried" in str(raised.value)
-        assert delays == []  # at once: never a retry
-        with pytest.raises(FatalProviderError, match=host):
-            list(provider.read_back([ALICE], dt.date(2025, 7, 1), dt.date(2025, 8, 1)))
-    finally:
-        emulator.stop()
+    ca, emulator = tls_google
+    # One TLS policy for every provider: environment CA variables are honoured by none.
+    for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPLIB2_CA_CERTS"):
+        monkeypatch.setenv(var, str(ca))
+    provider = make_provider(emulator, monkeypatch, max_attempts=8)
+    host = emulator.base_url.split("//")[1].rstrip("/")
+    delays = []
+    real_delay = Backoff.delay
+    monkeypatch.setattr(Backoff, "delay", lambda self, *a: delays.append(a) or real_delay(self, *a))
+    with pytest.raises(FatalProviderError, match="ca_bundle") as raised:
+        list(provider.apply([create(n) for n in range(10)]))
+    assert host in str(raised.value) and "not retried" in str(raised.value)
+    assert delays == []  # at once: never a retry
+    with pytest.raises(FatalProviderError, match=host):
+        list(provider.read_back([ALICE], dt.date(2025, 7, 1), dt.date(2025, 8, 1)))
 
 
 # -- the emulator's rules, as the reference states them (tests/emulators/README.md) ---------

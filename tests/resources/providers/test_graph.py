@@ -30,6 +30,7 @@ from resources.providers.graph import GraphCalendarProvider, GraphSettings, mapp
 from tests.emulators.graph import GraphEmulator, make_client_certificate
 from tests.emulators.graph_zones import WINDOWS_ZONES
 from tests.emulators.pki import make_test_pki
+from tests.resources.providers import payloads
 
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 SECRET = "s3cr3t-value"
@@ -77,19 +78,7 @@ def provider(emu: GraphEmulator) -> Iterator[GraphCalendarProvider]:
 
 
 def all_day(i: int, start: str = "2025-03-03", end: str = "2025-03-05", **kw: Any) -> EventPayload:
-    values: dict[str, Any] = dict(
-        event_key=f"leave-{i}",
-        leave_id=str(i),
-        title="Absent",
-        all_day=True,
-        start=start,
-        end=end,
-        timezone="Europe/Paris",
-        status="confirmed",
-        show_as="oof",
-    )
-    values.update(kw)
-    return EventPayload(**values)
+    return payloads.payload(f"leave-{i}", start=start, end=end, **kw)
 
 
 def timed(

@@ -6,30 +6,12 @@ import datetime as dt
 
 import vobject
 
-from resources.providers.base import EventChange, EventPayload
+from resources.providers.base import EventChange
 from resources.providers.ics import IcsProvider, IcsSettings
+from tests.resources.providers.payloads import TIMED, payload
 from tests.servers.icalendar_rules import problems
 
 ANN = "ann@example.com"
-
-
-def payload(key: str, **kw) -> EventPayload:
-    values = dict(
-        event_key=key,
-        leave_id=key.removeprefix("leave-"),
-        title="Absent",
-        all_day=True,
-        start="2026-03-02",
-        end="2026-03-05",
-        timezone="Europe/Paris",
-        status="confirmed",
-        show_as="oof",
-    )
-    values.update(kw)
-    return EventPayload(**values)
-
-
-TIMED = dict(all_day=False, start="2026-03-30T13:00:00", end="2026-03-30T18:00:00")
 
 
 def apply(provider: IcsProvider, *changes: EventChange) -> None:

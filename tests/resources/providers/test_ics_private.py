@@ -145,3 +145,35 @@ def test_team_feeds_get_private_rotatable_names_too(tmp_path, monkeypatch):
     moved = p.rotate("teams/FR")
     assert moved.parent == path.parent and moved.name != path.name and not path.exists()
     assert keys_in(moved) == {"team-leave-1@leavesync", "team-leave-2@leavesync"}
+
+
+def test_a_rotation_during_a_feed_write_never_brings_the_old_name_back(tmp_path, monkeypatch):
+    """A sync rewriting Ann's feed while `leavesync feeds --rotate` runs in another process:
+    the rotation waits for the write, so the change lands under the new name and the old
+    name (its URL) stays gone."""
+    import threading
+    import time
+
+    import resources.providers.ics as ics
+
+    p = provider(tmp_path, monkeypatch)
+    create(p, ANN, "leave-1")
+    old = p.path_for(ANN)
+    writing, write = threading.Event(), ics._write_atomically
+
+    def slow_write(path, data):
+        writing.set()
+        time.sleep(0.5)  # the rotation is asked for now, mid-write
+        write(path, data)
+
+    monkeypatch.setattr(ics, "_write_atomically", slow_write)
+    sync = threading.Thread(target=create, args=(p, ANN, "leave-2"))
+    sync.start()
+    assert writing.wait(5)
+    monkeypatch.setattr(ics, "_write_atomically", write)  # the rotation's own writes
+    new = provider(tmp_path, monkeypatch).rotate(ANN)
+    sync.join(5)
+
+    assert not old.exists()
+    assert sorted(path.name for path in (tmp_path / "feeds").glob("*.ics")) == [new.name]
+    assert keys_in(new) == {"leave-1@leavesync", "leave-2@leavesync"}
