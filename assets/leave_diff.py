@@ -442,9 +442,11 @@ def build_leave_diff(partitions_def) -> AssetsDefinition:
             ),
             "quarantine": quarantine_table(rows),
         }
+        # The rows of each entity's CSV, from the run's rows (one per finding, same order).
+        partition = result.quarantine[PARTITION_COLUMN].to_numpy() if len(rows) else None
         for scope in scopes:
-            mine = result.quarantine[result.quarantine[PARTITION_COLUMN] == scope.entity_key]
-            path = write_quarantine_csv(quarantine_rows(mine), cfg.reports_dir(), scope.entity_key)
+            mine = rows[partition == scope.entity_key] if partition is not None else rows
+            path = write_quarantine_csv(mine, cfg.reports_dir(), scope.entity_key)
             meta[f"quarantine_csv_{scope.entity_key}"] = report_link(cfg, path)
         yield AssetCheckResult(
             check_name=ROWS_CHECK,
