@@ -561,22 +561,20 @@ _ARROW_TYPES = frozenset(
     {"int2", "int4", "int8", "text", "varchar", "bpchar", "bool", "date", "time", "timestamp"}
 )
 # Columns normalise_extract reads as text: integers become their decimal text in Arrow.
-_TEXT_COLUMNS = frozenset(
-    {
-        "leave_id",
-        "employee_id",
-        "employee_email",
-        "employee_name",
-        "legal_entity",
-        "timezone",
-        "leave_type",
-        "leave_type_name",
-        "status",
-        "start_half",
-        "end_half",
-        "team",
-    }
+TEXT_COLUMNS: tuple[str, ...] = (
+    "leave_id",
+    "employee_id",
+    "employee_email",
+    "employee_name",
+    "legal_entity",
+    "timezone",
+    "leave_type",
+    "leave_type_name",
+    "status",
+    "start_half",
+    "end_half",
 )
+_TEXT_COLUMNS = frozenset({*TEXT_COLUMNS, "team"})
 
 
 def _arrow_frame(table) -> pd.DataFrame | None:
@@ -705,19 +703,7 @@ def normalise_extract(raw: pd.DataFrame) -> pd.DataFrame:
         )
     out = pd.DataFrame(index=range(len(raw)))
     raw = raw.reset_index(drop=True)
-    for col in (
-        "leave_id",
-        "employee_id",
-        "employee_email",
-        "employee_name",
-        "legal_entity",
-        "timezone",
-        "leave_type",
-        "leave_type_name",
-        "status",
-        "start_half",
-        "end_half",
-    ):
+    for col in TEXT_COLUMNS:
         out[col] = _text(raw[col])
     out["employee_email"] = _stripped(out["employee_email"])
     out["status"] = _stripped(out["status"]).str.lower().astype("object")

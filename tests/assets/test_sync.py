@@ -138,6 +138,17 @@ def _failures(p: Pipeline) -> pd.DataFrame:
         return pd.DataFrame(conn.execute(sa.select(change_failures_table)).mappings().all())
 
 
+def _apply_with_rounds(p: Pipeline, provider, rounds: int, **kwargs):
+    return apply_diff(
+        p.plan(SCOPES),
+        lambda name: provider,
+        p.state,
+        "run",
+        retry_for=lambda name: RetryRounds(rounds=rounds, pause_seconds=0),
+        **kwargs,
+    )
+
+
 def _two_leaves(home, hr) -> tuple[Pipeline, list[str]]:
     hr.employee(1, email="ann@example.com")
     keys = [f"leave-{hr.leave(1, D)}", f"leave-{hr.leave(1, D + dt.timedelta(days=2))}"]
@@ -149,13 +160,8 @@ def test_a_change_that_failed_with_a_transient_error_is_sent_again_and_lands(hom
     later = SaysLater(p, times=1)
     progress: list[tuple[int, int]] = []
 
-    outcome = apply_diff(
-        p.plan(SCOPES),
-        lambda name: later,
-        p.state,
-        "run",
-        retry_for=lambda name: RetryRounds(rounds=1, pause_seconds=0),
-        on_progress=lambda target, done, total: progress.append((done, total)),
+    outcome = _apply_with_rounds(
+        p, later, rounds=1, on_progress=lambda target, done, total: progress.append((done, total))
     )
 
     assert outcome.failed == [] and outcome.resent == 2
@@ -170,13 +176,7 @@ def test_the_rounds_end_and_what_still_fails_is_reported_once(home, hr):
     p, keys = _two_leaves(home, hr)
     later = SaysLater(p, times=3)
 
-    outcome = apply_diff(
-        p.plan(SCOPES),
-        lambda name: later,
-        p.state,
-        "run",
-        retry_for=lambda name: RetryRounds(rounds=2, pause_seconds=0),
-    )
+    outcome = _apply_with_rounds(p, later, rounds=2)
 
     assert sorted(f["event_key"] for f in outcome.failed) == sorted(keys)
     assert len(later.sends) == 3 * 2  # the first send and two rounds, no more
@@ -187,13 +187,7 @@ def test_a_permanent_failure_is_never_sent_again(home, hr):
     p, keys = _two_leaves(home, hr)
     refused = SaysLater(p, times=1, permanent=True)
 
-    outcome = apply_diff(
-        p.plan(SCOPES),
-        lambda name: refused,
-        p.state,
-        "run",
-        retry_for=lambda name: RetryRounds(rounds=3, pause_seconds=0),
-    )
+    outcome = _apply_with_rounds(p, refused, rounds=3)
 
     assert sorted(f["event_key"] for f in outcome.failed) == sorted(keys)
     assert outcome.resent == 0 and len(refused.sends) == 2
