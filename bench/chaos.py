@@ -473,8 +473,8 @@ def fault_trials(
                 "faults_injected": "n/a" if k == "ics" else w.targets[k].faults_injected(),
                 "failed_runs": sum(1 for _, r in runs if r["rc"] != 0),
                 # Per target from the state store (the CLI's summary row adds every target's).
-                "failed_changes": len(w.failures(k)),
-                "failures": w.failures(k)[:5],
+                "failed_changes": len(failures := w.failures(k)),
+                "failures": failures[:5],
                 # Changes the CLI sent again after a transient error, every target together.
                 "world_sent_again": sum(_sent_again(r["output"]) for _, r in runs),
                 **{f: got[f] for f in ("duplicates", "lost", "stale", "extra")},

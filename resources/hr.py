@@ -560,20 +560,12 @@ def _numbered_dialect():
 _ARROW_TYPES = frozenset(
     {"int2", "int4", "int8", "text", "varchar", "bpchar", "bool", "date", "time", "timestamp"}
 )
-# Columns normalise_extract reads as text: integers become their decimal text in Arrow.
-TEXT_COLUMNS: tuple[str, ...] = (
-    "leave_id",
-    "employee_id",
-    "employee_email",
-    "employee_name",
-    "legal_entity",
-    "timezone",
-    "leave_type",
-    "leave_type_name",
-    "status",
-    "start_half",
-    "end_half",
+# Canonical columns normalise_extract parses (dates, times, flags); it reads the others as
+# text, and integers become their decimal text in Arrow.
+_TYPED_COLUMNS = frozenset(
+    {"sensitive", "start_date", "end_date", "start_time", "end_time", "updated_at", "sync_enabled"}
 )
+TEXT_COLUMNS: tuple[str, ...] = tuple(c for c in CANONICAL_COLUMNS if c not in _TYPED_COLUMNS)
 _TEXT_COLUMNS = frozenset({*TEXT_COLUMNS, "team"})
 
 
